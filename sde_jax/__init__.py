@@ -1,0 +1,8 @@
+"""sde_jax: score-based generative models through SDEs, as pure JAX functions."""
+
+from sde_jax.sde import SDE, SubVPSDE, VESDE, VPSDE, get_sde, probability_flow_drift, reverse_drift
+from sde_jax.score import denoise, score_fn
+from sde_jax.gmm import GaussianMixture, isotropic_mixture, random_mixture
+from sde_jax.metrics import sliced_wasserstein
+
+__version__ = "0.1.0"
