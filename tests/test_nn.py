@@ -1,0 +1,57 @@
+"""Networks: shapes, time embeddings, zero-initialised outputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sde_jax.nn import GaussianFourierProjection, ScoreMLP, UNet, build_model, sinusoidal_embedding
+
+
+def test_sinusoidal_embedding_values():
+    emb = sinusoidal_embedding(jnp.array([0.0, 0.5]), 8)
+    assert emb.shape == (2, 8)
+    np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    freqs = np.exp(-np.log(10_000) * np.arange(4) / 3)
+    np.testing.assert_allclose(emb[1, :4], np.sin(500.0 * freqs), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="even dim"):
+        sinusoidal_embedding(jnp.zeros(2), 7)
+
+
+def test_fourier_features_are_fixed():
+    m = GaussianFourierProjection(16, scale=16.0)
+    p = m.init(jax.random.key(0), jnp.zeros(3))
+    g = jax.grad(lambda p: m.apply(p, jnp.array([0.1, 0.2, 0.3])).sum())(p)
+    assert float(jnp.abs(g["params"]["W"]).max()) == 0.0  # W is not trained (stop_gradient)
+    assert m.apply(p, jnp.zeros(3)).shape == (3, 16)
+
+
+@pytest.mark.parametrize("embed", ["fourier", "sinusoidal"])
+def test_mlp(embed):
+    m = ScoreMLP(width=32, depth=2, embed=embed, embed_dim=16)
+    x, t = jnp.ones((5, 3)), jnp.linspace(0, 1, 5)
+    p = m.init(jax.random.key(0), x, t)
+    np.testing.assert_array_equal(m.apply(p, x, t), 0.0)  # zero-initialised output layer
+    p = jax.tree.map(lambda a: a + 0.1, p)
+    out = m.apply(p, x, t)
+    assert out.shape == x.shape and float(jnp.std(out)) > 0
+    assert not np.allclose(m.apply(p, x, t * 0.5), out)  # depends on t
+
+
+@pytest.mark.parametrize("hw", [28, 32])
+def test_unet_shapes_and_gradient(hw):
+    m = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(hw // 2,))
+    x = jax.random.normal(jax.random.key(0), (2, hw, hw, 1))
+    t = jnp.array([0.1, 0.9])
+    p = m.init(jax.random.key(1), x, t)
+    assert m.apply(p, x, t).shape == x.shape
+    g = jax.grad(lambda p: jnp.sum(m.apply(p, x, t) ** 2) + jnp.sum(m.apply(p, x, t) * x))(p)
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(g))
+    with pytest.raises(ValueError, match="NHWC"):
+        m.apply(p, x[..., 0], t)
+
+
+def test_build_model():
+    assert isinstance(build_model("mlp", width=8), ScoreMLP)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet")
