@@ -4,5 +4,8 @@ from sde_jax.sde import SDE, SubVPSDE, VESDE, VPSDE, get_sde, probability_flow_d
 from sde_jax.score import denoise, score_fn
 from sde_jax.gmm import GaussianMixture, isotropic_mixture, random_mixture
 from sde_jax.metrics import sliced_wasserstein
+from sde_jax.sampling import decode, encode, sample
+from sde_jax.likelihood import bits_per_dim, dequantize, elbo, evaluate_bpd, evaluate_nll, log_likelihood
 
 __version__ = "0.1.0"
+from sde_jax.guidance import classifier_free_guidance, classifier_guidance, colorize, drop_labels, inpaint

@@ -1,0 +1,1 @@
+"""Benchmarks: NLL, sampler accuracy and throughput; each writes JSON to benchmarks/results."""
