@@ -175,7 +175,8 @@ def worker(models: list[str], rounds: int) -> dict:
     import jax
     import numpy as np
 
-    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="sde_jax_bench_cache_"))
+    cache = tempfile.TemporaryDirectory(prefix="sde_jax_bench_cache_")  # removed when the worker exits
+    jax.config.update("jax_compilation_cache_dir", cache.name)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dev = jax.devices()[0]
     out = {"devices": jax.device_count(), "backend": jax.default_backend(), "device_kind": dev.device_kind,
@@ -210,6 +211,7 @@ def worker(models: list[str], rounds: int) -> dict:
             "peak_fp32_flops_per_device": peak,
             "fraction_of_peak": None if flops is None or peak is None else flops / t_fw / (peak * jax.device_count()),
         }
+    cache.cleanup()
     return out
 
 
