@@ -6,6 +6,6 @@ from sde_jax.gmm import GaussianMixture, isotropic_mixture, random_mixture
 from sde_jax.metrics import sliced_wasserstein
 from sde_jax.sampling import decode, encode, sample
 from sde_jax.likelihood import bits_per_dim, dequantize, elbo, evaluate_bpd, evaluate_nll, log_likelihood
+from sde_jax.guidance import classifier_free_guidance, classifier_guidance, colorize, drop_labels, inpaint
 
 __version__ = "0.1.0"
-from sde_jax.guidance import classifier_free_guidance, classifier_guidance, colorize, drop_labels, inpaint
