@@ -10,10 +10,7 @@ independent mixture sample sets of the same size, 8 pairs) and the wall time per
 (``block_until_ready``, best of ``--repeats``). The adaptive probability-flow ODE (Tsit5, rtol = atol = 1e-5) is
 one extra row with the NFE it chose.
 
-The exact score is :func:`mixture_score`, the closed form with a precomputed eigendecomposition of each
-covariance (the same numbers as ``GaussianMixture.score_fn``, which recomputes a Cholesky per example and call:
-~5x slower, and its LAPACK call inside a jitted sampling loop can deadlock XLA's CPU runtime, see
-tests/test_sampling.py).
+The exact score is ``GaussianMixture.score_fn`` (closed form, one eigendecomposition per mixture).
 
 Writes ``benchmarks/results/samplers.json`` and the section between the ``samplers`` markers of
 ``benchmarks/README.md``.
@@ -56,26 +53,6 @@ SAMPLERS: dict[str, tuple[str, Callable[[int], dict], tuple[str, ...]]] = {
     "ddim eta=0": ("ddim", lambda b: {"steps": b}, ("vp",)),
 }
 ADAPTIVE = ("ode tsit5 adaptive", "ode", {"solver": "tsit5", "rtol": 1e-5, "atol": 1e-5})
-
-
-def mixture_score(mix: sj.GaussianMixture, sde) -> Callable:
-    """Exact score of p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I), with Sigma_k = U_k diag(l_k) U_k^T:
-
-        s(x, t) = -sum_k p_t(k | x) U_k diag(1 / (alpha^2 l_k + sigma^2)) U_k^T (x - alpha mu_k).
-    """
-    lam, vecs = np.linalg.eigh(np.asarray(mix.covs, np.float64))
-    lam, vecs = jnp.asarray(lam, jnp.float32), jnp.asarray(vecs, jnp.float32)
-    means, logw = jnp.asarray(mix.means), jnp.log(jnp.asarray(mix.weights))
-
-    def fn(x, t):
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-        alpha, sigma = sde.alpha_sigma(t)
-        z = jnp.einsum("kdj,bkd->bkj", vecs, x[:, None, :] - alpha[:, None, None] * means[None])
-        var = alpha[:, None, None] ** 2 * lam[None] + sigma[:, None, None] ** 2
-        post = jax.nn.softmax(logw - 0.5 * jnp.sum(z**2 / var + jnp.log(var), axis=-1), axis=-1)
-        return -jnp.einsum("bk,kdj,bkj->bd", post, vecs, z / var)
-
-    return fn
 
 
 def centred(mix: sj.GaussianMixture) -> sj.GaussianMixture:
@@ -134,7 +111,7 @@ def run(plan: dict[int, tuple[tuple[str, ...], tuple[int, ...]]], n: int, repeat
         floor = float(np.mean(floors))
         for sde_name in sde_names:
             sde = SDES[sde_name]
-            score = mixture_score(mix, sde)
+            score = mix.score_fn(sde)
             rows = [(label, m, f(b), b) for label, (m, f, ok) in SAMPLERS.items() if sde_name in ok for b in budgets]
             rows.append((ADAPTIVE[0], ADAPTIVE[1], ADAPTIVE[2], None))
             for label, method, options, budget in rows:

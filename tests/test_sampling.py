@@ -7,12 +7,9 @@ about 1x the floor (independent sets fluctuate by ~30 %); a score scaled by 0.8 
 negative controls).
 Every accuracy test also counts the score evaluations at run time and checks ``info["nfe"]``.
 
-The samplers run on :func:`mixture_score`, the exact mixture score written with a precomputed eigen-
-decomposition of each covariance; ``test_mixture_score_is_the_exact_score`` checks it against
-``GaussianMixture.score_fn``. It is ~5x cheaper than that per-example Cholesky form and, unlike it, puts no
-LAPACK call inside the sampling loop: with one, XLA's CPU runtime (jaxlib 0.10.2) deadlocks on the 6-D
-predictor-corrector sampler (all threads idle; avoided by
-``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``).
+The samplers run on ``GaussianMixture.score_fn``, the closed form with one eigendecomposition per mixture
+(no LAPACK call inside the sampling loop, which can deadlock XLA's CPU runtime in jaxlib 0.10.2);
+``test_mixture_score_is_the_exact_score`` checks it against autodiff of the exact log-density.
 """
 
 from __future__ import annotations
@@ -46,26 +43,6 @@ MIXTURES = {
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def mixture_score(mix: sj.GaussianMixture, sde):
-    """Exact score of p_t = sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I), with Sigma_k = U_k diag(l_k) U_k^T:
-
-        s(x, t) = -sum_k p_t(k | x) U_k diag(1 / (alpha^2 l_k + sigma^2)) U_k^T (x - alpha mu_k).
-    """
-    lam, vecs = np.linalg.eigh(np.asarray(mix.covs, np.float64))
-    lam, vecs = jnp.asarray(lam, jnp.float32), jnp.asarray(vecs, jnp.float32)
-    means, logw = jnp.asarray(mix.means), jnp.log(jnp.asarray(mix.weights))
-
-    def fn(x, t):
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-        alpha, sigma = sde.alpha_sigma(t)
-        z = jnp.einsum("kdj,bkd->bkj", vecs, x[:, None, :] - alpha[:, None, None] * means[None])
-        var = alpha[:, None, None] ** 2 * lam[None] + sigma[:, None, None] ** 2  # (B, K, d) eigenvalues of the cov
-        post = jax.nn.softmax(logw - 0.5 * jnp.sum(z**2 / var + jnp.log(var), axis=-1), axis=-1)
-        return -jnp.einsum("bk,kdj,bkj->bd", post, vecs, z / var)
-
-    return fn
-
-
 class Counted:
     """score_fn wrapper counting evaluations at run time (one ``jax.debug.callback`` per batched call)."""
 
@@ -83,7 +60,7 @@ class Counted:
 @functools.lru_cache(maxsize=None)
 def counted_score(dim: int, sde_name: str, scale: float = 1.0) -> Counted:
     """One object per (mixture, SDE, scale), so that ``sample``'s compilation cache is reused."""
-    exact = mixture_score(MIXTURES[dim], SDES[sde_name])
+    exact = MIXTURES[dim].score_fn(SDES[sde_name])
     return Counted(exact if scale == 1.0 else (lambda x, t: scale * exact(x, t)))
 
 
@@ -123,8 +100,8 @@ def test_mixture_score_is_the_exact_score(dim, sde_name):
     mix, sde = MIXTURES[dim], SDES[sde_name]
     x = 2.0 * jax.random.normal(jax.random.key(11), (64, dim))
     t = jnp.linspace(sde.eps, sde.T, 64)  # one time per example
-    ref = jax.jit(mix.score_fn(sde))(x, t)
-    err = jnp.linalg.norm(mixture_score(mix, sde)(x, t) - ref, axis=-1) / (1.0 + jnp.linalg.norm(ref, axis=-1))
+    ref = jax.vmap(lambda xi, ti: mix.diffuse(sde, ti).score(xi[None])[0])(x, t)  # grad of log p_t
+    err = jnp.linalg.norm(mix.score_fn(sde)(x, t) - ref, axis=-1) / (1.0 + jnp.linalg.norm(ref, axis=-1))
     assert float(err.max()) < 1e-3
 
 
@@ -241,7 +218,7 @@ def test_time_grids_hit_the_end_points():
 # ---------------------------------------------------------------------------------- jit and caching
 def test_sample_compiles_once_and_is_deterministic():
     traces = [0]
-    exact = mixture_score(MIXTURES[2], SDES["vp"])
+    exact = MIXTURES[2].score_fn(SDES["vp"])
 
     def score(x, t):
         traces[0] += 1  # runs once per trace, never at run time
