@@ -8,6 +8,8 @@ against the host-loop likelihood of the reference implementation.
     python -m benchmarks.nll --compare --model unet28               # same for an MNIST-size U-Net (28x28x1)
     python -m benchmarks.nll --workdir DIR --dataset 8gaussians     # a trained checkpoint (toy 2-D: nats)
     python -m benchmarks.nll --workdir DIR --dataset mnist --data_file test.npz   # integer images: bits/dim
+    python -m benchmarks.nll --workdir runs/mnist --dataset mnist --data_dir ../shared/data/mnist \
+        --n_examples 10000 --batch_size 125 --name mnist_nll  # test-set bits/dim of an experiments.mnist run
     python -m benchmarks.nll --suite                                # all of the analytic + compare runs above
 
 Each run writes ``benchmarks/results/<name>.json`` and refreshes the table between the ``nll`` markers of
@@ -28,7 +30,6 @@ import functools
 import json
 import math
 import os
-import platform
 import re
 import time
 from typing import Any, Callable
@@ -40,21 +41,15 @@ import numpy as np
 
 import sde_jax as sj
 from sde_jax import likelihood as lik
+from benchmarks.common import device_info, write_readme_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(HERE, "results")
+RESULTS_DIR = os.environ.get("SDE_JAX_RESULTS_DIR") or os.path.join(HERE, "results")  # tests write elsewhere
 README = os.path.join(HERE, "README.md")
 BEGIN, END = "<!-- nll:begin -->", "<!-- nll:end -->"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def device_info() -> str:
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    return f"{d.platform} ({d.device_kind})"
-
-
 def timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
     """Run fn and block on its outputs; return (outputs, wall seconds)."""
     out, wall, _ = timed_cpu(fn, *args, **kwargs)
@@ -145,16 +140,6 @@ def run_analytic(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------- trained checkpoints
-def load_model(workdir: str) -> tuple[Callable, Any, Any]:
-    """(score_fn, sde, config) of the checkpoint in ``workdir`` (the training package's evaluation loader)."""
-    from sde_jax.train import checkpoint
-
-    restore = getattr(checkpoint, "restore_for_eval", None)
-    if restore is None:  # the loader currently lives in train/loop.py
-        from sde_jax.train.loop import restore_for_eval as restore
-    return restore(workdir)
-
-
 def _cfg_get(cfg: Any, path: str, default: Any) -> Any:
     node = cfg
     for part in path.split("."):
@@ -165,17 +150,58 @@ def _cfg_get(cfg: Any, path: str, default: Any) -> Any:
     return node
 
 
-def run_checkpoint(args: argparse.Namespace) -> dict:
-    score, sde, cfg = load_model(args.workdir)
-    key = jax.random.key(args.seed)
-    batch_fn = functools.partial(sj.log_likelihood, score, sde, divergence=args.divergence or "hutchinson",
-                                 n_probes=args.n_probes, eps=args.eps, rtol=args.rtol, atol=args.atol)
-    common = {"dataset": args.dataset, "device": device_info(), "train_steps": _cfg_get(cfg, "train_steps", None),
-              "workdir": os.path.abspath(args.workdir)}
-    settings = {"sde": type(sde).__name__, "divergence": args.divergence or "hutchinson", "n_probes": args.n_probes,
-                "eps": args.eps, "rtol": args.rtol, "atol": args.atol, "batch_size": args.batch_size,
-                "seed": args.seed}
+def train_seconds(workdir: str) -> float | None:
+    """Wall seconds of the training steps of ``workdir``, from its metrics log (sum of interval / steps_per_sec)."""
+    from sde_jax.train.metrics import read_metrics
+
+    rows = [m for m in read_metrics(workdir) if m.get("steps_per_sec")]
+    if not rows:
+        return None
+    total, last = 0.0, 0
+    for m in rows:
+        total += (m["step"] - last) / float(m["steps_per_sec"])
+        last = m["step"]
+    return total
+
+
+def _integer_images(args: argparse.Namespace) -> np.ndarray:
+    """The evaluation images (uint8 NHWC): a data set's test split (``--data_dir`` or tfds) or an npz file."""
     if args.data_file is None:
+        from sde_jax.data.pipeline import load_images
+
+        k, _ = load_images(args.dataset, "test", args.data_dir)
+    else:
+        with np.load(args.data_file) as f:
+            k = f[f.files[0]] if "x" not in f.files else f["x"]
+    k = np.asarray(k)[: args.n_examples]
+    return k[..., None] if k.ndim == 3 else k  # (N, H, W) -> NHWC
+
+
+def run_checkpoint(args: argparse.Namespace) -> dict:
+    from sde_jax.train.loop import restore
+
+    model = restore(args.workdir)
+    sde, cfg = model.sde, model.config
+    key = jax.random.key(args.seed)
+    divergence = args.divergence or "hutchinson"
+
+    @jax.jit
+    def logp(params, x, k):  # class-conditional networks get their null label: the unconditional p(x)
+        score = sj.score_fn(model.model.apply, params, sde, cfg.loss.parameterization)
+        return sj.log_likelihood(score, sde, x, k, divergence=divergence, n_probes=args.n_probes, eps=args.eps,
+                                 rtol=args.rtol, atol=args.atol)
+
+    batch_fn = functools.partial(logp, model.params)
+
+    common = {"dataset": args.dataset, "device": device_info(), "train_steps": model.step,
+              "train_seconds": train_seconds(args.workdir), "workdir": os.path.abspath(args.workdir),
+              "model": {"name": cfg.model.name, "n_params": int(sum(a.size for a in jax.tree.leaves(model.params))),
+                        "num_classes": _cfg_get(cfg, "model.num_classes", None),
+                        "p_uncond": _cfg_get(cfg, "loss.p_uncond", 0.0), "weighting": cfg.loss.weighting}}
+    settings = {"sde": type(sde).__name__, "divergence": divergence, "n_probes": args.n_probes,
+                "eps": args.eps, "rtol": args.rtol, "atol": args.atol, "batch_size": args.batch_size,
+                "seed": args.seed, "solver": "tsit5 (adaptive)"}
+    if args.data_file is None and args.data_dir is None and args.dataset in _toy_sets():
         from sde_jax.data import ENTROPY, sample_toy
 
         x = np.asarray(sample_toy(args.dataset, jax.random.fold_in(key, 0), args.n_examples))
@@ -183,18 +209,21 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
         return {**common, "kind": "checkpoint", "nll_nats": res.mean, "nll_nats_stderr": res.stderr,
                 "nll_nats_per_dim": res.mean / x.shape[1], "data_entropy_nats": ENTROPY.get(args.dataset),
                 "n_examples": res.n_examples, "nfe_mean": res.nfe_mean, "seconds": res.seconds, "settings": settings}
-    with np.load(args.data_file) as f:
-        k = f[f.files[0]] if "x" not in f.files else f["x"]
-    k = np.asarray(k)[: args.n_examples]
-    if k.ndim == 3:
-        k = k[..., None]  # (N, H, W) -> NHWC
+    k = _integer_images(args)
     num_bins = int(_cfg_get(cfg, "data.num_bins", 256))
-    data_range = tuple(_cfg_get(cfg, "data.range", (-1.0, 1.0)))
+    data_range = (0.0, 1.0) if _cfg_get(cfg, "data.scale", "minus_one_one") == "zero_one" else (-1.0, 1.0)
     res = sj.evaluate_bpd(batch_fn, k, jax.random.fold_in(key, 1), num_bins=num_bins, data_range=data_range,
                           n_dequant=args.n_dequant, batch_size=args.batch_size)
-    settings.update(num_bins=num_bins, data_range=list(data_range), n_dequant=args.n_dequant)
-    return {**common, "kind": "checkpoint", "bpd": res.mean, "bpd_stderr": res.stderr, "n_examples": res.n_examples,
-            "nfe_mean": res.nfe_mean, "seconds": res.seconds, "settings": settings}
+    settings.update(num_bins=num_bins, data_range=list(data_range), n_dequant=args.n_dequant,
+                    dequantization="uniform")
+    return {**common, "kind": "checkpoint_bpd", "bpd": res.mean, "bpd_stderr": res.stderr,
+            "n_examples": res.n_examples, "nfe_mean": res.nfe_mean, "seconds": res.seconds, "settings": settings}
+
+
+def _toy_sets() -> tuple:
+    from sde_jax.data import TOY_SETS
+
+    return tuple(TOY_SETS)
 
 
 # ------------------------------------------------------------------------------ host-loop baseline
@@ -454,7 +483,7 @@ def readme_section() -> str:
         if fname.startswith("nll_") and fname.endswith(".json"):
             with open(os.path.join(RESULTS_DIR, fname)) as f:
                 rows.append((fname[:-5], json.load(f)))
-    out = [BEGIN, "## NLL (`python -m benchmarks.nll --suite`)", ""]
+    out = ["## NLL (`python -m benchmarks.nll --suite`)", ""]
     analytic = [(n, r) for n, r in rows if r["kind"] in ("analytic", "checkpoint")]
     if analytic:
         out += ["PF-ODE NLL (nats per example, +- standard error over examples) against the closed-form truth "
@@ -473,6 +502,22 @@ def readme_section() -> str:
                 f"{_fmt(r.get('abs_error_nats_max'), 4)} | {r['nfe_mean']:.0f} | {r['seconds']:.1f} | "
                 f"{_fmt(r.get('elbo_gap_nats'))} +- {_fmt(r.get('elbo_gap_nats_stderr'))} | "
                 f"{_fmt(r.get('train_steps'))} | {r['device']} |")
+        out.append("")
+    images = [(n, r) for n, r in rows if r["kind"] == "checkpoint_bpd"]
+    if images:
+        out += ["Test-set bits/dim of trained image models (`experiments.mnist`): PF-ODE + Hutchinson (one Rademacher "
+                "probe per image), uniform dequantization, adaptive Tsit5 at the stated tolerances; +- is the standard "
+                "error over images. A class-conditional network is evaluated with its null label, i.e. as the "
+                "unconditional model p(x).", "",
+                "| result | data | n | bpd | NFE | rtol/atol | params | train steps | train time | eval time | "
+                "device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for n, r in images:
+            s_ = r["settings"]
+            tt = r.get("train_seconds")
+            out.append(f"| {n} | {r['dataset']} | {r['n_examples']} | {r['bpd']:.3f} +- {r['bpd_stderr']:.3f} | "
+                       f"{r['nfe_mean']:.0f} | {s_['rtol']:g}/{s_['atol']:g} | "
+                       f"{r['model']['n_params'] / 1e6:.2f}M | {r['train_steps']} | "
+                       f"{'-' if tt is None else f'{tt / 60:.0f} min'} | {r['seconds'] / 60:.0f} min | {r['device']} |")
         out.append("")
     compare = [(n, r) for n, r in rows if r["kind"] == "compare"]
     if compare:
@@ -521,19 +566,11 @@ def readme_section() -> str:
     if loads:
         out += [f"Shared machine: 1-minute load average {loads[0]}-{loads[-1]} on {os.cpu_count()} cores during these "
                 "runs (each JSON has `load_avg_1min`); timings are minima over repeats.", ""]
-    out.append(END)
     return "\n".join(out)
 
 
 def update_readme() -> None:
-    section = readme_section()
-    text = open(README).read() if os.path.exists(README) else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(README, "w") as f:
-        f.write(text)
+    write_readme_section(readme_section(), BEGIN, END, README)
     print(f"updated {README}")
 
 
@@ -543,6 +580,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="training workdir with checkpoints (not needed with --analytic/--compare)")
     p.add_argument("--dataset", default="gmm8gauss", help="gmm8gauss | gmm<D>d (analytic), toy 2-D name, or image set")
     p.add_argument("--data_file", help="npz of integer images (N, H, W[, C]) for bits/dim with a checkpoint")
+    p.add_argument("--data_dir", help="folder of IDX files (MNIST format) for --dataset mnist|fashion_mnist; "
+                   "without it named image sets come from tensorflow-datasets")
     p.add_argument("--analytic", action="store_true", help="closed-form mixture with its exact score")
     p.add_argument("--compare", action="store_true", help="ours vs the scipy host-loop baseline")
     p.add_argument("--model", default="mlp2d", help="model for --compare: mlp2d | unet28")

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any, Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import sde_jax as sj
+from benchmarks.common import machine_info, write_readme_section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "samplers.json")
@@ -61,18 +60,6 @@ def centred(mix: sj.GaussianMixture) -> sj.GaussianMixture:
     m sigma_data / sigma_max, which would otherwise dominate their error here."""
     mean = mix.weights @ mix.means
     return sj.GaussianMixture(mix.weights, mix.means - mean, mix.covs)
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "diffrax": diffrax.__version__,
-        "load_avg_1min": os.getloadavg()[0],
-    }
 
 
 def run_one(score, sde, shape, method: str, options: dict, ref, floor: float, repeats: int) -> dict[str, Any]:
@@ -121,7 +108,7 @@ def run(plan: dict[int, tuple[tuple[str, ...], tuple[int, ...]]], n: int, repeat
                 results["runs"].append(r)
                 print(f"{dim}-D {sde_name:2s} {label:32s} budget={budget!s:5s} nfe={r['nfe']:5d} "
                       f"W1/floor={r['ratio_to_floor']:7.2f} {r['us_per_sample']:8.1f} us/sample", flush=True)
-    results["machine"]["load_avg_1min_end"] = os.getloadavg()[0]
+    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     return results
 
 
@@ -136,8 +123,8 @@ def markdown(results: dict[str, Any]) -> str:
         "budgets (score evaluations, +1 for the final Tweedie step; exact counts in the JSON). "
         "Mixtures: `random_mixture` (6 components, full covariances), centred. "
         "SDEs: VP (beta 0.1 -> 20) and VE (sigma 0.01 -> 10), eps = sde.eps. "
-        f"Machine: {m['processor']}, {m['cpu_count']} cores, {', '.join(m['devices'])}, jax {m['jax']}, "
-        f"diffrax {m['diffrax']}; load average {m['load_avg_1min']:.1f} -> {m['load_avg_1min_end']:.1f} "
+        f"Machine: {m['cpu']}, {m['cpu_cores']} cores, {', '.join(m['devices'])}, jax {m['jax']}, "
+        f"diffrax {m['diffrax']}; load average {m['load_average_1m_start']:.1f} -> {m['load_average_1m_end']:.1f} "
         "(shared machine: times are the best of the repeats).",
         "",
     ]
@@ -164,15 +151,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_readme(section: str) -> None:
-    text = open(README).read() if os.path.exists(README) else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(README, "w") as f:
-        f.write(text)
+    write_readme_section(section, BEGIN, END, README)
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,8 @@
-"""Training throughput: the framework loop against a bare jitted step of the same model.
+"""Training throughput: the framework loop against a bare jitted step of the same model, and images/s of the
+image experiments' networks.
 
     python -m benchmarks.throughput [--devices 1 4] [--models mlp_tiny mlp unet] [--rounds 3]
+    python -m benchmarks.throughput --images [--image-models mnist ddpm ...] [--cifar-batch 4] [--steps 5]
 
 * **framework**: ``sde_jax.train.train`` itself -- pmap over the local devices, the per-step host work (batch
   function, sharding), a host sync at least every 25 steps, non-finite checks, EMA, metrics.jsonl and TensorBoard
@@ -19,6 +21,12 @@ FLOPs per step come from XLA's cost analysis of the bare step; the fraction of p
 FP32 peak is known (``PEAK_FP32_FLOPS``), never for CPUs.
 
 Writes ``benchmarks/results/throughput.json`` and the throughput section of ``benchmarks/README.md``.
+
+``--images``: the jitted train step of the loop (``make_train_step`` of ``loss_from_config``: dropout, EMA, clipping
+and Adam included) of ``experiments.mnist``'s config and of the CIFAR-10 presets of ``experiments.cifar10`` at their
+full size, on one device and a fixed random batch. Compilation is timed apart; then ``--steps`` steps after one
+warm-up step, each synchronised, wall clock and process CPU time; images/s = batch / median seconds per step.
+Writes ``benchmarks/results/throughput_images.json`` and its own README section.
 """
 
 from __future__ import annotations
@@ -26,16 +34,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+from benchmarks.common import machine_info, write_readme_section
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput.json")
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+IMAGES_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput_images.json")
+IMAGES_BEGIN, IMAGES_END = "<!-- throughput-images:begin -->", "<!-- throughput-images:end -->"
+# --images: "mnist" (experiments.mnist.get_config()) and experiments.cifar10's presets; the default set fits ~10 min
+# of a 2-core CPU (the deep presets are ~1.7x the cost of their shallow versions)
+IMAGE_MODELS = ("mnist", "ddpm", "ddpmpp_continuous_vp", "ddpmpp_continuous_subvp", "ddpmpp_deep_continuous_vp",
+                "ddpmpp_deep_continuous_subvp", "ncsnpp_continuous_ve", "ncsnpp_deep_continuous_ve")
+DEFAULT_IMAGE_MODELS = ("mnist", "ddpm", "ddpmpp_continuous_vp", "ncsnpp_continuous_ve")
 SYNC = 25  # the framework's host-sync interval (sde_jax.train.loop.SYNC_EVERY)
 
 # Dense FP32 (non-tensor-core) peak per device, from NVIDIA's data sheets; matched by substring of device_kind.
@@ -215,30 +230,125 @@ def worker(models: list[str], rounds: int) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------- driver side
-def machine_info() -> dict:
-    """Where the numbers come from: CPU, cores, load, library versions, and whether there is an accelerator."""
-    import jax
-    import jaxlib
+# ------------------------------------------------------------------------------------------- --images
+def image_config(name: str) -> Any:
+    """The experiment config benchmarked as ``name``: MNIST's, or a CIFAR-10 preset's."""
+    if name == "mnist":
+        from experiments.mnist import get_config
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    backend = jax.default_backend()
+        return get_config()
+    from experiments.cifar10 import get_config
+
+    return get_config(name)
+
+
+def time_image_step(name: str, batch: int, steps: int) -> dict:
+    """Compile seconds, XLA FLOPs and per-step wall / CPU seconds of the loop's jitted train step for ``name``.
+
+    Parameters are random numbers of the network's shapes (``jax.eval_shape`` of the initialiser: nothing to
+    compile for them; the values do not change the work of a step). Class-conditional configs get random labels.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sde_jax.losses import init_train_state, make_train_step
+    from sde_jax.train.loop import init_params, loss_from_config, model_from_config, optimizer_from_config, \
+        sde_from_config
+
+    c = image_config(name)
+    model, sde = model_from_config(c.model), sde_from_config(c.sde)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.0, 1.0, (batch, *c.data.shape)).astype(np.float32)
+    k = c.model.get("num_classes")
+    data = x if k is None else {"x": x, "y": rng.integers(0, k, batch).astype(np.int32)}
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), x))
+    params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)), shapes)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    opt = optimizer_from_config(c.train)
+    state = init_train_state(params, opt)
+    state = state.replace(ema_params=jax.tree.map(jnp.copy, params))  # own buffers: the state is donated
+    step = jax.jit(make_train_step(loss_from_config(c.loss, model.apply, sde, c.model), opt, c.train.ema_decay),
+                   donate_argnums=0)
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) if cost and "flops" in cost else None
+    wall, cpu = [], []
+    for i in range(steps + 1):  # step 0: warm-up (first-run allocations)
+        w0, c0 = _clock()
+        state, metrics = compiled(state, data, jax.random.fold_in(key, i))
+        jax.block_until_ready(metrics)
+        w1, c1 = _clock()
+        if i:
+            wall.append(w1 - w0)
+            cpu.append(c1 - c0)
+    assert bool(metrics["finite"]), f"{name}: non-finite loss in the benchmark step"
+    med = float(np.median(wall))
     return {
-        "cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "default_backend": backend,
-        "accelerator": None if backend == "cpu" else jax.devices()[0].device_kind,
-        "load_average_1m_start": os.getloadavg()[0],
-        "note": ("no GPU/TPU on this machine: several devices are simulated CPU devices sharing the same cores, so "
-                 "N devices measure pmap's overhead, not a speed-up; FLOP/s fraction of peak is not given for CPUs"
-                 if backend == "cpu" else "accelerator run"),
+        "batch": batch, "data_shape": list(c.data.shape), "network": c.model.name, "params": n_params,
+        "sde": c.sde.name, "loss": c.loss.kind, "dropout": float(c.model.get("dropout", 0.0)),
+        "compile_s": compile_s, "steps_timed": steps, "wall_s": wall, "cpu_s": cpu,
+        "median_s_per_step": med, "min_s_per_step": float(np.min(wall)),
+        "median_cpu_s_per_step": float(np.median(cpu)), "images_per_s": batch / med,
+        "images_per_s_best": batch / float(np.min(wall)), "flops_per_step": flops,
+        "gflops_per_s": None if flops is None else flops / med / 1e9,
     }
 
 
+def run_images(models: list[str], cifar_batch: int, mnist_batch: int, steps: int) -> dict:
+    """``time_image_step`` for each of ``models`` on this process's first device."""
+    import jax
+
+    dev = jax.devices()[0]
+    info = machine_info()
+    info.update(device_kind=dev.device_kind, platform_name=dev.platform)
+    out = {"machine": info, "models": {}}
+    for name in models:
+        batch = mnist_batch if name == "mnist" else cifar_batch
+        r = out["models"][name] = time_image_step(name, batch, steps)
+        print(f"{name}: batch {batch}, {r['params'] / 1e6:.2f}M params, compile {r['compile_s']:.0f} s, "
+              f"{r['median_s_per_step']:.2f} s/step (median of {steps}), {r['images_per_s']:.2f} images/s",
+              flush=True)
+    out["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    return out
+
+
+def images_markdown(result: dict) -> str:
+    """The README section of ``--images``."""
+    m = result["machine"]
+    lines = [
+        "## Image training throughput (`python -m benchmarks.throughput --images`)", "",
+        "The loop's jitted train step (`make_train_step` of `loss_from_config`: dropout, gradient clipping, Adam, EMA) "
+        "of `experiments.mnist`'s config (U-Net, 2x2 patches, class-conditional) and of `experiments.cifar10`'s "
+        "presets at full size, one device, a fixed random batch. Compilation excluded (shown apart); s/step: median "
+        "of the timed steps after a warm-up step (best in brackets); images/s = batch / median. CIFAR-10 presets "
+        "run at a small batch on CPU; score_sde trains them at 128.", "",
+        f"Device: `{m['device_kind']}` (backend {m['default_backend']}); CPU {m['cpu']}, {m['cpu_cores']} cores; "
+        f"jax {m['jax']}; "
+        f"load average {m['load_average_1m_start']:.1f} at start, {m['load_average_1m_end']:.1f} at end "
+        "(other jobs shared the cores: absolute numbers are pessimistic, CPU s/step is this process's own time).",
+        "",
+        "| model | network | params | batch | compile s | s/step (best) | CPU s/step | images/s | GFLOP/step "
+        "| GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        gflop = "-" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.1f}"
+        rate = "-" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:.1f}"
+        lines.append(
+            f"| {name} | {r['network']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['compile_s']:.0f} "
+            f"| {r['median_s_per_step']:.2f} ({r['min_s_per_step']:.2f}) | {r['median_cpu_s_per_step']:.2f} "
+            f"| {r['images_per_s']:.3g} | {gflop} | {rate} |")
+    lines += ["", "GFLOP/step from XLA's cost analysis of the compiled step. Every step's wall and CPU time is in "
+              "`benchmarks/results/throughput_images.json`."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- driver side
 def run_worker(devices: int, models: list[str], rounds: int, timeout: float) -> dict:
     """One worker process with ``devices`` simulated CPU devices (or the real accelerators, if ``devices`` is 0)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
@@ -285,18 +395,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme_section(text: str, path: str = README) -> None:
-    """Replace (or append) this benchmark's section between its markers, leaving other sections untouched."""
-    body = f"{BEGIN}\n{text}\n{END}"
-    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + body + "\n"
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, nargs="+", default=[1, 4],
@@ -307,7 +405,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternations of framework and bare per model")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--images", action="store_true", help="images/s of the MNIST config and the CIFAR-10 presets")
+    p.add_argument("--image-models", nargs="+", default=list(DEFAULT_IMAGE_MODELS), choices=list(IMAGE_MODELS))
+    p.add_argument("--cifar-batch", type=int, default=4, help="--images: batch of the CIFAR-10 presets")
+    p.add_argument("--mnist-batch", type=int, default=64, help="--images: batch of the MNIST config")
+    p.add_argument("--steps", type=int, default=5, help="--images: timed steps per model (after a warm-up step)")
+    p.add_argument("--table-only", action="store_true", help="--images: rewrite the README table from the JSON")
     args = p.parse_args(argv)
+    if args.images:
+        out = IMAGES_RESULTS if args.out == RESULTS else args.out
+        if args.table_only:
+            with open(out) as f:
+                result = json.load(f)
+        else:
+            from absl import logging
+
+            logging.set_verbosity(logging.WARNING)
+            result = run_images(args.image_models, args.cifar_batch, args.mnist_batch, args.steps)
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            with open(out, "w") as f:
+                json.dump(result, f, indent=2)
+        if args.readme:
+            write_readme_section(images_markdown(result), IMAGES_BEGIN, IMAGES_END, args.readme)
+        print(f"table from {out}" if args.table_only else f"wrote {out}")
+        return
     if args.worker:
         from absl import logging
 
@@ -327,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     if args.readme:
-        write_readme_section(markdown(result), args.readme)
+        write_readme_section(markdown(result), BEGIN, END, args.readme)
     print(f"wrote {args.out}")
 
 

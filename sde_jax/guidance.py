@@ -60,13 +60,6 @@ def classifier_free_guidance(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w
     return guided
 
 
-def drop_labels(key: Array, y: Array, p_uncond: float, null_label: int) -> Array:
-    """Replace each label by ``null_label`` with probability ``p_uncond`` (classifier-free training)."""
-    if not 0.0 <= p_uncond <= 1.0:
-        raise ValueError(f"p_uncond must lie in [0, 1]; got {p_uncond}.")
-    return jnp.where(jax.random.bernoulli(key, p_uncond, y.shape), null_label, y)
-
-
 # ----------------------------------------------------------------------------- replacement sampling
 def _forward_transition(sde: SDE, key: Array, x: Array, t_from, t_to) -> Array:
     """Sample p(x_{t_to} | x_{t_from}) for t_to > t_from: a x + sqrt(sigma_to^2 - a^2 sigma_from^2) z, a = alpha_to / alpha_from."""

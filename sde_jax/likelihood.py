@@ -198,6 +198,21 @@ def augmented_vector_field(sde: SDE, score_fn: ScoreFn, probes: Array | None) ->
     return vf
 
 
+def augmented_state_norm(scaled_error: tuple[Array, Array]) -> Array:
+    """Step-size control norm of the augmented state: max(RMS over x, RMS over the log-density terms).
+
+    diffrax's default RMS norm over the whole pytree weighs each of the B log-density components like one of the
+    B * D data components, so for images (D = 784, 3072) the integral that *is* the answer is barely controlled.
+    Taking the max of the two RMS norms holds the log-density to the same tolerance as x. Measured on an MNIST
+    U-Net (20 test images, Tsit5): rtol = atol = 1e-3 gives -0.17 bits/dim (impossible) with the plain RMS norm
+    and 2.592 with this one (2.593 at 1e-4), at 187 instead of 67 score evaluations; on 784-D Gaussian data of
+    std 0.01 the error at 1e-3 falls from 0.048 to 0.0044 nats/dim (tests/test_likelihood.py).
+    """
+    x_err, l_err = scaled_error
+    rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a)))
+    return jnp.maximum(rms(x_err), rms(l_err))
+
+
 def _log_likelihood_impl(score_fn: ScoreFn, sde: SDE, x: Array, key: Array, solver, eps, rtol, atol, *,
                          divergence: str, noise: str, n_probes: int, max_steps: int) -> tuple[Array, dict]:
     """Pure, jittable core of :func:`log_likelihood` (no validation)."""
@@ -209,7 +224,7 @@ def _log_likelihood_impl(score_fn: ScoreFn, sde: SDE, x: Array, key: Array, solv
     y0 = (x, jnp.zeros((x.shape[0],), x.dtype))
     sol = diffrax.diffeqsolve(
         term, solver, t0=eps, t1=sde.T, dt0=None, y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=augmented_state_norm),
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
     )
     z, delta = sol.ys[0][0], sol.ys[1][0]

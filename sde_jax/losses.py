@@ -1,7 +1,7 @@
 """Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) and the jit-compiled train step.
 
-Every loss has the signature ``loss_fn(params, x0, keys) -> (loss, aux)`` with one PRNG key per example
-(``keys`` of shape (B,)). Drawing each example's noise from its own key makes the loss independent of how a
+Every loss has the signature ``loss_fn(params, x0, keys, y=None) -> (loss, aux)`` with one PRNG key per example
+(``keys`` of shape (B,)) and, for class-conditional networks ``model_apply(params, x, t, y)``, integer labels y. Drawing each example's noise from its own key makes the loss independent of how a
 global batch is split across devices: N devices give the same numbers as one.
 
 All losses are written in score space, s = score_fn(model_apply, params, sde, parameterization), so the same
@@ -21,7 +21,7 @@ from sde_jax.score import ModelApply, score_fn
 from sde_jax.sde import SDE, VESDE, VPSDE, batch_broadcast
 
 Array = jax.Array
-LossFn = Callable[[Any, Array, Array], tuple[Array, dict]]
+LossFn = Callable[..., tuple[Array, dict]]
 
 
 def example_keys(key: Array, batch_size: int, offset: Array | int = 0) -> Array:
@@ -45,6 +45,33 @@ def _split_noise(keys: Array, x0: Array) -> tuple[Array, Array]:
         return jax.random.uniform(ku, ()), jax.random.normal(kz, x0.shape[1:], x0.dtype)
 
     return jax.vmap(one)(keys)
+
+
+def drop_labels(key: Array, y: Array, p_uncond: float, null_label: int) -> Array:
+    """Classifier-free guidance training (Ho & Salimans 2022): replace each label by ``null_label`` with
+    probability ``p_uncond``, so one network learns s(x, t | y) and s(x, t) = s(x, t | null)."""
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must lie in [0, 1]; got {p_uncond}.")
+    drop = jax.random.bernoulli(key, p_uncond, jnp.shape(y))
+    return jnp.where(drop, jnp.asarray(null_label, jnp.asarray(y).dtype), y)
+
+
+def _network(model_apply: ModelApply, keys: Array, y: Array | None, p_uncond: float, null_label: int | None,
+             dropout: bool) -> tuple[ModelApply, Array | None]:
+    """The network a loss trains: labels dropped per example (keys fold_in 1) for classifier-free guidance, and
+    ``train=True`` with a dropout key (from the batch's first example key) when the network has dropout."""
+    if y is not None and p_uncond > 0:
+        if null_label is None:
+            raise ValueError("p_uncond > 0 needs the network's null label (its num_classes).")
+        y = jax.vmap(lambda k, label: drop_labels(jax.random.fold_in(k, 1), label, p_uncond, null_label))(keys, y)
+    if dropout:
+        rng = jax.random.fold_in(keys[0], 2)
+        inner = model_apply
+
+        def model_apply(params, x, t, *label):
+            return inner(params, x, t, *label, train=True, rngs={"dropout": rng})
+
+    return model_apply, y
 
 
 def sample_importance_time(sde: SDE, u: Array, eps: float, iters: int = 40) -> Array:
@@ -76,6 +103,9 @@ def dsm_loss(
     importance_sampling: bool = False,
     reduce_mean: bool = False,
     eps: float | None = None,
+    p_uncond: float = 0.0,
+    null_label: int | None = None,
+    dropout: bool = False,
 ) -> LossFn:
     """Continuous-time denoising score matching (Song et al. 2021, eq. 7):
 
@@ -86,6 +116,8 @@ def dsm_loss(
     (Song, Durkan, Murray & Ermon 2021). With ``importance_sampling`` t ~ p(t) prop. to g^2 / sigma^2 and
     the loss is Z || sigma s + z ||^2 (same expectation, far lower variance; Z = F(T) - F(eps)).
     ``reduce_mean`` averages over data dimensions instead of summing. The loss is the batch mean.
+    With labels y, each is replaced by ``null_label`` with probability ``p_uncond`` (classifier-free guidance
+    training); ``dropout`` runs the network with ``train=True`` and a dropout key.
     """
     if weighting not in ("score_matching", "likelihood"):
         raise ValueError(f"unknown weighting {weighting!r}; choose 'score_matching' or 'likelihood'.")
@@ -95,15 +127,16 @@ def dsm_loss(
     if not 0 < t_min < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}); got {t_min}.")
 
-    def loss_fn(params: Any, x0: Array, keys: Array) -> tuple[Array, dict]:
+    def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
         u, z = _split_noise(keys, x0)
+        net, y = _network(model_apply, keys, y, p_uncond, null_label, dropout)
         if importance_sampling:
             t = sample_importance_time(sde, u, t_min)
         else:
             t = t_min + u * (sde.T - t_min)
         alpha, sigma = sde.alpha_sigma(t)
         xt = batch_broadcast(alpha, x0) * x0 + batch_broadcast(sigma, x0) * z
-        s = score_fn(model_apply, params, sde, parameterization)(xt, t)
+        s = score_fn(net, params, sde, parameterization, y)(xt, t)
         sig = batch_broadcast(sigma, x0)
         if weighting == "score_matching":
             per_example = _reduce((sig * s + z) ** 2, reduce_mean)
@@ -118,13 +151,16 @@ def dsm_loss(
 
 
 def discrete_loss(
-    model_apply: ModelApply, sde: SDE, parameterization: str = "eps", *, reduce_mean: bool = True
+    model_apply: ModelApply, sde: SDE, parameterization: str = "eps", *, reduce_mean: bool = True,
+    p_uncond: float = 0.0, null_label: int | None = None, dropout: bool = False,
 ) -> LossFn:
     """The discrete DDPM (VP) and SMLD/NCSN (VE) losses over N noise levels.
 
     i ~ U{0, ..., N-1}, x_i = a_i x0 + s_i z, loss = || s_i s(x_i, t_i) + z ||^2 with t_i = i T / (N - 1) and
     DDPM: a_i = sqrt(alpha-bar_i), s_i = sqrt(1 - alpha-bar_i)  (Ho et al. 2020, eq. 14: the eps-MSE)
     SMLD: a_i = 1, s_i = sigma_i                                (Song & Ermon 2019, eq. 5 with lambda = sigma^2)
+
+    Labels, ``p_uncond`` and ``dropout`` as in :func:`dsm_loss`.
     """
     if isinstance(sde, VPSDE):
 
@@ -143,13 +179,14 @@ def discrete_loss(
             "Use dsm_loss (continuous time) for sub-VP."
         )
 
-    def loss_fn(params: Any, x0: Array, keys: Array) -> tuple[Array, dict]:
+    def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
         u, z = _split_noise(keys, x0)
+        net, y = _network(model_apply, keys, y, p_uncond, null_label, dropout)
         i = jnp.minimum((u * sde.N).astype(jnp.int32), sde.N - 1)
         a, s = coefs(i)
         xt = batch_broadcast(a, x0) * x0 + batch_broadcast(s, x0) * z
         t = sde.discrete_time(i)
-        score = score_fn(model_apply, params, sde, parameterization)(xt, t)
+        score = score_fn(net, params, sde, parameterization, y)(xt, t)
         per_example = _reduce((batch_broadcast(s, x0) * score + z) ** 2, reduce_mean)
         return jnp.mean(per_example), {"t": t, "per_example": per_example}
 
@@ -201,6 +238,8 @@ def make_train_step(
 ) -> Callable[[TrainState, Array, Array], StepOutput]:
     """``train_step(state, batch, key) -> (state, metrics)``; pure, for ``jax.jit`` or ``jax.pmap``.
 
+    ``batch`` is the data x0 (B, ...) or, for class-conditional training, a dict ``{"x": x0, "y": labels}``.
+
     Example i of the global batch gets noise from fold_in(key, i): under ``pmap`` with ``axis_name`` the
     device offset is axis_index * local_batch, and gradients and metrics are ``pmean``-ed, so N devices
     reproduce one device on the same global batch. EMA: ema <- d ema + (1 - d) params with the warmed-up
@@ -212,11 +251,13 @@ def make_train_step(
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}.")
 
-    def train_step(state: TrainState, batch: Array, key: Array) -> StepOutput:
-        b = batch.shape[0]
+    def train_step(state: TrainState, batch: Array | dict, key: Array) -> StepOutput:
+        x0, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch, None)
+        b = x0.shape[0]
         offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
         keys = example_keys(key, b, offset)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, keys)
+        labels = () if y is None else (y,)  # unconditional losses may take (params, x0, keys) only
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, keys, *labels)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)

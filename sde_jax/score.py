@@ -47,10 +47,13 @@ def output_to_score(out: Array, x: Array, alpha: Array, sigma: Array, parameteri
     raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
 
 
-def score_fn(model_apply: ModelApply, params: Any, sde: SDE, parameterization: str = "eps") -> ScoreFn:
+def score_fn(model_apply: ModelApply, params: Any, sde: SDE, parameterization: str = "eps",
+             y: Array | None = None) -> ScoreFn:
     """Turn a network into ``score_fn(x, t)``: x of shape (B, *data_shape), t scalar or (B,).
 
-    Returns an array shaped like x. Pure: closes over ``params`` and ``sde`` only.
+    Returns an array shaped like x. Pure: closes over ``params``, ``sde`` and, for a class-conditional network
+    ``model_apply(params, x, t, y)``, the labels ``y`` (B,) (the network's null label gives the unconditional
+    score).
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
@@ -60,7 +63,7 @@ def score_fn(model_apply: ModelApply, params: Any, sde: SDE, parameterization: s
         check_batch(x, t)
         t = jnp.broadcast_to(t, (x.shape[0],))
         alpha, sigma = sde.alpha_sigma(t)
-        out = model_apply(params, x, t)
+        out = model_apply(params, x, t) if y is None else model_apply(params, x, t, y)
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {out.shape} for input {x.shape}; they must match.")
         return output_to_score(

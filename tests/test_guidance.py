@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
+from sde_jax.losses import drop_labels
 from sde_jax.guidance import (classifier_free_guidance, classifier_guidance, colorize, decoupling_matrix,
-                              drop_labels, inpaint)
+                              inpaint)
 
 SDE = sj.VPSDE()
 MIX = sj.isotropic_mixture([[-1.5, 0.0], [1.5, 0.5], [0.0, -1.5]], 0.4, weights=[0.5, 0.3, 0.2])

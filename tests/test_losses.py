@@ -164,6 +164,58 @@ def test_example_keys_depend_on_global_index_only():
     np.testing.assert_array_equal(full[4:], half)
 
 
+def _labelled_net(calls: list):
+    """A fake network whose output is params * (y + 1) (so the loss sees the labels); records its kwargs."""
+
+    def apply(params, x, t, y=None, train=False, rngs=None):
+        calls.append({"train": train, "rngs": rngs, "y": y})
+        return params * jnp.ones_like(x) * (y.astype(x.dtype) + 1.0)[:, None]
+
+    return apply
+
+
+def test_label_dropout_is_per_example_and_uses_the_null_label():
+    calls = []
+    sde, x = sj.VPSDE(), jnp.ones((8, 3))
+    keys = example_keys(jax.random.key(0), 8)
+    y, null = jnp.arange(8, dtype=jnp.int32) % 3, jnp.full((8,), 5, jnp.int32)
+    plain = dsm_loss(_labelled_net(calls), sde)
+    always = dsm_loss(_labelled_net(calls), sde, p_uncond=1.0, null_label=5)
+    never = dsm_loss(_labelled_net(calls), sde, p_uncond=0.0, null_label=5)
+    np.testing.assert_allclose(always(0.3, x, keys, y)[0], plain(0.3, x, keys, null)[0], rtol=1e-6)
+    np.testing.assert_allclose(never(0.3, x, keys, y)[0], plain(0.3, x, keys, y)[0], rtol=1e-6)
+    assert not np.isclose(float(plain(0.3, x, keys, y)[0]), float(plain(0.3, x, keys, null)[0]))
+    # half of the labels dropped, decided by each example's own key: a device holding examples 4..7 agrees
+    half = dsm_loss(_labelled_net(calls), sde, p_uncond=0.5, null_label=5)
+    full = half(0.3, x, keys, y)[1]["per_example"]
+    part = half(0.3, x[4:], example_keys(jax.random.key(0), 4, offset=4), y[4:])[1]["per_example"]
+    np.testing.assert_allclose(full[4:], part, rtol=1e-6)
+    assert calls[-1]["train"] is False and calls[-1]["rngs"] is None
+    with pytest.raises(ValueError, match="null label"):
+        dsm_loss(_labelled_net(calls), sde, p_uncond=0.1)(0.3, x, keys, y)
+
+
+def test_dropout_runs_the_network_in_training_mode_with_a_key():
+    calls = []
+    loss = discrete_loss(_labelled_net(calls), sj.VPSDE(N=10), dropout=True)
+    keys = example_keys(jax.random.key(0), 4)
+    loss(0.3, jnp.ones((4, 2)), keys, jnp.zeros((4,), jnp.int32))
+    assert calls[-1]["train"] is True and set(calls[-1]["rngs"]) == {"dropout"}
+
+
+def test_train_step_passes_labels_of_a_dict_batch():
+    seen = []
+
+    def loss(p, x, keys, y=None):
+        seen.append(y)
+        return jnp.sum(p * x.mean(0)) + 0.0 * jnp.sum(y), {}
+
+    opt = make_optimizer(0.1, warmup=0, grad_clip=0.0)
+    state = init_train_state(jnp.zeros(2), opt)
+    make_train_step(loss, opt)(state, {"x": jnp.ones((4, 2)), "y": jnp.arange(4)}, jax.random.key(0))
+    np.testing.assert_array_equal(seen[-1], np.arange(4))
+
+
 def test_loss_errors():
     f = lambda p, x, t: x
     with pytest.raises(ValueError, match="unknown weighting"):

@@ -1,7 +1,10 @@
 """A small configurable U-Net (DDPM, Ho et al. 2020): residual blocks, GroupNorm, self-attention, time embedding.
 
-The image issue grows this into the DDPM++ / NCSN++ family; its pieces are kept small and separate.
-Data layout NHWC.
+The network for small images on small machines (MNIST in ``experiments/mnist.py``); the CIFAR-scale DDPM++ /
+NCSN++ family is ``sde_jax.nn.ncsnpp``. Data layout NHWC. ``patch_size`` p > 1 folds p x p pixel blocks into
+channels first (space-to-depth, as the patch embedding of U-ViT / DiT) and unfolds them at the end: the same
+FLOPs at 1/p^2 of the positions with p^2 times the channels, which runs several times faster on CPUs, whose
+convolution weight-gradients are slow for few channels at high resolution.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_jax.nn.embeddings import TimeEmbedding
+from sde_jax.nn.layers import ConditioningEmbedding
 
 Array = jax.Array
 
@@ -54,11 +58,27 @@ class AttnBlock(nn.Module):
         return x + h.reshape(b, hgt, wid, c)
 
 
+def space_to_depth(x: Array, p: int) -> Array:
+    """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p block of pixels becomes one position."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: Array, p: int) -> Array:
+    """Inverse of :func:`space_to_depth`."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, c // (p * p))
+
+
 class UNet(nn.Module):
-    """x (B, H, W, C), t (B,) -> (B, H, W, C).
+    """x (B, H, W, C), t (B,), y (B,) or None -> (B, H, W, C).
 
     ``ch_mult[i] * ch`` channels at level i (resolution halves between levels), ``num_res_blocks`` per level,
-    attention at the resolutions listed in ``attn_resolutions``.
+    attention at the resolutions (after patching) listed in ``attn_resolutions``. With ``num_classes`` the label
+    embedding is added to the time embedding; label ``num_classes`` (or ``y=None``) is the null label of
+    classifier-free guidance.
     """
 
     ch: int = 32
@@ -67,12 +87,23 @@ class UNet(nn.Module):
     attn_resolutions: Sequence[int] = (7,)
     dropout: float = 0.0
     embed: str = "fourier"
+    patch_size: int = 1
+    num_classes: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, t: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
+        p = self.patch_size
         if x.ndim != 4:
             raise ValueError(f"UNet expects NHWC images (B, H, W, C); got shape {x.shape}.")
-        temb = TimeEmbedding(self.ch, self.embed)(t)
+        if p < 1 or x.shape[1] % p or x.shape[2] % p:
+            raise ValueError(f"patch_size={p} must be >= 1 and divide the image size {x.shape[1]}x{x.shape[2]}.")
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("got class labels y, but the network is unconditional; set num_classes to use them.")
+            temb = TimeEmbedding(self.ch, self.embed)(t)
+        else:
+            temb = ConditioningEmbedding(self.ch, "fourier", time_scale=1.0, num_classes=self.num_classes)(t, y)
+        x = space_to_depth(x, p) if p > 1 else x
         h = nn.Conv(self.ch, (3, 3))(x)
         hs = [h]
         for level, mult in enumerate(self.ch_mult):
@@ -98,4 +129,5 @@ class UNet(nn.Module):
                 h = jax.image.resize(h, (h.shape[0], *target, h.shape[-1]), "nearest")
                 h = nn.Conv(h.shape[-1], (3, 3))(h)
         h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
-        return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+        return depth_to_space(h, p) if p > 1 else h

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from sde_jax.classifier import classifier_loss, noisy_classifier_loss
 from sde_jax.losses import TrainState, discrete_loss, dsm_loss, init_train_state, make_optimizer, make_train_step
 from sde_jax.nn import build_model
 from sde_jax.score import score_fn as make_score_fn
@@ -63,15 +64,69 @@ def model_from_config(cfg: Any):
     return build_model(cfg.pop("name"), **cfg)
 
 
-def loss_from_config(cfg: Any, model_apply, sde: SDE):
-    """``config.loss``: kind "dsm" (continuous, with weighting / importance_sampling) or "discrete"."""
+def loss_from_config(cfg: Any, model_apply, sde: SDE, model_cfg: Any = None):
+    """``config.loss``: kind "dsm" (continuous, with weighting / importance_sampling) or "discrete" (score models),
+    "classifier" or "noisy_classifier" (p_t(y | x_t) for classifier guidance, ``sde_jax.classifier``); with
+    ``loss.p_uncond`` > 0 labels are dropped to the model's null label (``model.num_classes``), and a model with
+    ``dropout`` > 0 trains with dropout on. ``loss.eps`` (optional) is the smallest training time (default
+    ``sde.eps``; score_sde trains from 1e-5)."""
+    model_cfg = dict(model_cfg or {})
+    p_uncond = float(cfg.get("p_uncond", 0.0))
+    null_label = model_cfg.get("num_classes")
+    if p_uncond > 0 and null_label is None:
+        raise ValueError(f"loss.p_uncond={p_uncond} needs a class-conditional model: set model.num_classes.")
+    common = dict(p_uncond=p_uncond, null_label=null_label, dropout=float(model_cfg.get("dropout", 0.0)) > 0)
     kind = cfg.kind
+    if kind == "classifier":
+        return classifier_loss(model_apply)
+    if kind == "noisy_classifier":
+        return noisy_classifier_loss(model_apply, sde, cfg.get("eps"))
     if kind == "dsm":
         return dsm_loss(model_apply, sde, cfg.parameterization, weighting=cfg.weighting,
-                        importance_sampling=cfg.importance_sampling, reduce_mean=cfg.reduce_mean)
+                        importance_sampling=cfg.importance_sampling, reduce_mean=cfg.reduce_mean,
+                        eps=cfg.get("eps"), **common)
     if kind == "discrete":
-        return discrete_loss(model_apply, sde, cfg.parameterization, reduce_mean=cfg.reduce_mean)
-    raise ValueError(f"unknown loss.kind {kind!r}; choose 'dsm' or 'discrete'.")
+        return discrete_loss(model_apply, sde, cfg.parameterization, reduce_mean=cfg.reduce_mean, **common)
+    raise ValueError(f"unknown loss.kind {kind!r}; choose 'dsm', 'discrete', 'classifier' or 'noisy_classifier'.")
+
+
+def optimizer_from_config(tc: Any):
+    """``config.train``: lr, warmup, grad_clip and (optional) decay_steps of :func:`make_optimizer`."""
+    return make_optimizer(tc.lr, warmup=tc.warmup, grad_clip=tc.grad_clip, decay_steps=int(tc.get("decay_steps", 0)))
+
+
+def init_params(model: Any, key: Array, example: Array) -> Any:
+    """Network parameters from one example batch (an array, or a dict whose "x" is the images)."""
+    x = example["x"] if isinstance(example, dict) else example
+    x = jnp.asarray(x, jnp.float32)
+    return model.init(key, x, jnp.ones((x.shape[0],)))
+
+
+class Prefetcher:
+    """``batch_fn(step, rows)`` for the next steps computed in a background thread and placed on the devices
+    while the current step runs (a queue of ``depth`` batches), so host-side data work overlaps compute."""
+
+    def __init__(self, batch_fn: BatchFn, rows: slice, start: int, stop: int, depth: int = 2):
+        import concurrent.futures
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._fn, self._rows, self._stop = batch_fn, rows, stop
+        self._queue = [self._submit(s) for s in range(start, min(start + depth, stop))]
+        self._next = start + len(self._queue)
+
+    def _submit(self, step: int):
+        return self._pool.submit(lambda: parallel.shard(jax.tree.map(np.asarray, self._fn(step, self._rows))))
+
+    def get(self):
+        """The next step's sharded batch (exceptions of ``batch_fn`` surface here)."""
+        batch = self._queue.pop(0).result()
+        if self._next < self._stop:
+            self._queue.append(self._submit(self._next))
+            self._next += 1
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclasses.dataclass
@@ -211,20 +266,22 @@ def _keyed_by_step(train_step: Callable) -> Callable:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, example: np.ndarray,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, on_checkpoint: Callable[[int, TrainState], None] | None = None) -> TrainResult:
     """Train per ``config`` in ``workdir``, resuming from its latest checkpoint.
 
     ``batch_fn(step, rows)`` returns rows ``rows`` of the global batch of that step (a pure function of step;
-    each process asks only for its own rows); ``example`` is one input batch used to initialise the network.
+    each process asks only for its own rows): an array, or ``{"x": images, "y": labels}`` for class-conditional
+    training; batches are prefetched in a background thread. ``example`` is one batch used to initialise the
+    network. ``on_checkpoint(step, state)`` runs on the lead process after each checkpoint (sample grids).
     Checkpoints go to ``<workdir>/checkpoints/<step>/``, metrics to ``metrics.jsonl`` and ``tensorboard/``.
     Raises NonFiniteLossError (naming the step) on NaN/Inf unless ``train.skip_nonfinite``.
     """
     with _StopFlag() as stop:  # from the start: a SIGTERM during compilation still saves after the first step
-        return _train(config, workdir, batch_fn, example, progress, stop)
+        return _train(config, workdir, batch_fn, example, progress, stop, on_checkpoint)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, example: np.ndarray,
-           progress: bool, stop: _StopFlag) -> TrainResult:
+           progress: bool, stop: _StopFlag, on_checkpoint: Callable | None) -> TrainResult:
     tc = config.train
     _validate_train_config(tc)
     parallel.check_batch_size(tc.batch_size)
@@ -233,13 +290,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
 
     model = model_from_config(config.model)
     sde = sde_from_config(config.sde)
-    loss_fn = loss_from_config(config.loss, model.apply, sde)
-    optimizer = make_optimizer(tc.lr, warmup=tc.warmup, grad_clip=tc.grad_clip)
+    loss_fn = loss_from_config(config.loss, model.apply, sde, config.model)
+    optimizer = optimizer_from_config(tc)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    example = jnp.asarray(example)
 
     def init_state() -> TrainState:
-        return init_train_state(model.init(init_key, example, jnp.ones((example.shape[0],))), optimizer)
+        return init_train_state(init_params(model, init_key, example), optimizer)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
     try:
@@ -274,9 +330,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
     multi = jax.process_count() > 1
     pending: list[tuple[int, dict]] = []
     t0, step, stopping = time.time(), start, False
+    batches = Prefetcher(batch_fn, rows, start, tc.steps)
     try:
         while step < tc.steps:
-            batch = parallel.shard(np.asarray(batch_fn(step, rows)))
+            batch = batches.get()
             rstate, metrics = step_fn(rstate, batch, train_key)
             step += 1
             pending.append((step, metrics))
@@ -288,6 +345,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
                 stopping = parallel.any_process(stop.signum is not None) if multi else stop.signum is not None
             if ckpt_now or stopping:
                 save(step)
+            if ckpt_now and on_checkpoint is not None and lead and not stopping:
+                on_checkpoint(step, parallel.unreplicate(rstate))
             if stopping:
                 why = f"received {signal.Signals(stop.signum).name}" if stop.signum else "another process was signalled"
                 print(f"\n{why}: checkpoint saved at step {step}, exiting.", file=sys.stderr, flush=True)
@@ -295,20 +354,36 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
         if restored is None and tc.steps == 0:
             save(0)
     finally:
+        batches.close()
         log.close()
         ckpt.close()
     state = parallel.unreplicate(rstate)
     return TrainResult(state, model, sde, step - start, time.time() - t0, stopping)
 
 
-def restore_for_eval(workdir: str, ema: bool = True):
-    """(score_fn, sde, config) of the latest checkpoint in ``workdir`` (EMA parameters by default)."""
+@dataclasses.dataclass
+class Restored:
+    """A trained model from a workdir: network, parameters (EMA by default), SDE, config and step."""
+
+    model: Any
+    params: Any
+    sde: SDE
+    config: ml_collections.ConfigDict
+    step: int
+
+    def score_fn(self, y: Array | None = None):
+        """The model's score; ``y`` labels for a class-conditional model (None: its null label)."""
+        return make_score_fn(self.model.apply, self.params, self.sde, self.config.loss.parameterization, y)
+
+
+def restore(workdir: str, ema: bool = True) -> Restored:
+    """The latest checkpoint of ``workdir`` with the config it was trained with (EMA parameters by default)."""
     cfg = ml_collections.ConfigDict(load_config(workdir))
     model = model_from_config(cfg.model)
     sde = sde_from_config(cfg.sde)
     example = jnp.zeros((1, *cfg.data.shape), jnp.float32)
-    optimizer = make_optimizer(cfg.train.lr, warmup=cfg.train.warmup, grad_clip=cfg.train.grad_clip)
-    target = jax.eval_shape(lambda: init_train_state(model.init(jax.random.key(0), example, jnp.ones((1,))),
+    optimizer = optimizer_from_config(cfg.train)
+    target = jax.eval_shape(lambda: init_train_state(init_params(model, jax.random.key(0), example),
                                                      optimizer))  # shapes only: nothing is computed
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     restored = ckpt.restore(target)
@@ -316,7 +391,11 @@ def restore_for_eval(workdir: str, ema: bool = True):
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
     state, meta = restored
-    params = state.ema_params if ema else state.params
-    sf = make_score_fn(model.apply, params, sde, cfg.loss.parameterization)
-    cfg.train_steps = int(meta["step"])
-    return sf, sde, cfg
+    return Restored(model, state.ema_params if ema else state.params, sde, cfg, int(meta["step"]))
+
+
+def restore_for_eval(workdir: str, ema: bool = True):
+    """(score_fn, sde, config) of the latest checkpoint in ``workdir``; ``config.train_steps`` is its step."""
+    r = restore(workdir, ema)
+    r.config.train_steps = r.step
+    return r.score_fn(), r.sde, r.config

@@ -1,0 +1,208 @@
+"""Controllable generation on MNIST: classifier-free guidance accuracy against w, classifier guidance with a
+noise-conditional classifier, and inpainting of masked test digits.
+
+    python -m benchmarks.guidance --workdir runs/mnist --classifier runs/classifier \\
+        --noisy_classifier runs/noisy_classifier --data_dir ../shared/data/mnist
+
+``--workdir`` is a class-conditional ``experiments.mnist`` run (trained with label dropout); ``--classifier`` a
+clean classifier and ``--noisy_classifier`` a noise-conditional one, both from ``experiments.mnist_classifier``.
+For each guidance weight w, ``--per_class`` samples of every digit are drawn with (1 + w) s(x|y) - w s(x) and the
+clean classifier labels them: accuracy = fraction labelled with the requested digit. Classifier guidance uses the
+unconditional score (null label) plus scale * grad log p_t(y | x_t) of the noisy classifier. Inpainting keeps the
+top half of test digits and samples the bottom half (replacement PC, and RePaint resampling).
+
+Writes ``benchmarks/results/guidance_mnist.json``, the table between the ``guidance`` markers of
+``benchmarks/README.md`` and the PNG grids (largest w, largest scale, inpainting) in ``experiments/figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sde_jax as sj
+from benchmarks.common import device_info, write_readme_section
+from experiments.mnist import save_grid
+from sde_jax.data.images import from_model_scale, to_model_scale
+from sde_jax.data.pipeline import load_images
+from sde_jax.train.loop import restore
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "guidance_mnist.json")
+README = os.path.join(HERE, "README.md")
+FIGURES = os.path.join(os.path.dirname(HERE), "experiments", "figures")
+BEGIN, END = "<!-- guidance:begin -->", "<!-- guidance:end -->"
+
+
+def _classify(classifier, x: jax.Array, batch: int = 500) -> np.ndarray:
+    """Predicted labels of the clean classifier for images on the model scale."""
+    apply_fn, params = classifier
+    f = jax.jit(lambda x: jnp.argmax(apply_fn(params, x), axis=-1))
+    return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+
+
+def sample_classes(score_for, sde, key, labels: np.ndarray, shape, method: str, steps: int, batch: int):
+    """Samples for ``labels`` in equal batches; ``score_for(y)`` builds the (guided) score of a batch of labels.
+    The labels are an argument of one jitted sampler, so all batches share one compilation."""
+    if len(labels) % batch:
+        raise ValueError(f"{len(labels)} labels do not split into batches of {batch}.")
+
+    @jax.jit
+    def draw(y, k):
+        return sj.sample(score_for(y), sde, k, (y.shape[0], *shape), method=method, steps=steps)[0]
+
+    return np.concatenate([np.asarray(draw(jnp.asarray(labels[i:i + batch]), jax.random.fold_in(key, i)))
+                           for i in range(0, len(labels), batch)])
+
+
+def run(args: argparse.Namespace) -> dict:
+    from experiments.mnist_classifier import load_classifier
+
+    model = restore(args.workdir)
+    cfg, sde = model.config, model.sde
+    k = cfg.model.num_classes
+    if k is None:
+        raise SystemExit(f"{args.workdir} holds an unconditional model; guidance needs a class-conditional one.")
+    shape = tuple(cfg.data.shape)
+    clean = load_classifier(args.classifier)[:2]
+    labels = np.repeat(np.arange(k, dtype=np.int32), args.per_class)
+    key = jax.random.key(args.seed)
+    param = cfg.loss.parameterization
+    result = {"device": device_info(), "workdir": os.path.abspath(args.workdir), "train_steps": model.step,
+              "sampler": {"method": args.method, "steps": args.steps}, "per_class": args.per_class, "cfg": [],
+              "classifier": os.path.abspath(args.classifier)}
+
+    # --- classifier-free guidance: one network, s(x|y) and s(x|null)
+    def cfg_score(w):
+        def score_for(y):
+            cond = sj.score_fn(model.model.apply, model.params, sde, param, y)
+            uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full_like(y, k))
+            return cond if w == 0 else sj.classifier_free_guidance(cond, uncond, w)
+        return score_for
+
+    for w in args.ws:
+        t0 = time.perf_counter()
+        x = sample_classes(cfg_score(w), sde, key, labels, shape, args.method, args.steps, args.batch)
+        pred = _classify(clean, jnp.asarray(x))
+        acc = float(np.mean(pred == labels))
+        per_class = [float(np.mean(pred[labels == c] == c)) for c in range(k)]
+        result["cfg"].append({"w": w, "accuracy": acc, "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels))),
+                              "per_class_accuracy": per_class, "seconds": time.perf_counter() - t0})
+        print(f"CFG w={w}: accuracy {acc:.3f}", flush=True)
+        pick = np.concatenate([np.where(labels == c)[0][:10] for c in range(k)])
+        if w == max(args.ws):
+            save_grid(from_model_scale(x[pick], cfg.data.scale), k, os.path.join(FIGURES, f"mnist_cfg_w{w:g}.png"))
+    uncond_x = sample_classes(lambda y: sj.score_fn(model.model.apply, model.params, sde, param,
+                                                    jnp.full_like(y, k)), sde, key, labels, shape, args.method,
+                              args.steps, args.batch)
+    pred = _classify(clean, jnp.asarray(uncond_x))
+    result["unconditional_class_histogram"] = np.bincount(pred, minlength=k).tolist()
+
+    # --- classifier guidance with the noise-conditional classifier, on the unconditional score
+    if args.noisy_classifier:
+        from sde_jax.classifier import log_prob_fn as make_log_prob
+
+        apply_fn, params = load_classifier(args.noisy_classifier)[:2]
+        log_prob = make_log_prob(apply_fn, params)
+        result["classifier_guidance"] = []
+        for scale in args.scales:
+            def score_for(y, scale=scale):
+                uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full_like(y, k))
+                return sj.classifier_guidance(uncond, log_prob, y, scale)
+
+            t0 = time.perf_counter()
+            x = sample_classes(score_for, sde, key, labels, shape, args.method, args.steps, args.batch)
+            pred = _classify(clean, jnp.asarray(x))
+            acc = float(np.mean(pred == labels))
+            result["classifier_guidance"].append({"scale": scale, "accuracy": acc, "seconds": time.perf_counter() - t0,
+                                                  "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels)))})
+            print(f"classifier guidance scale={scale}: accuracy {acc:.3f}", flush=True)
+            pick = np.concatenate([np.where(labels == c)[0][:10] for c in range(k)])
+            if scale == max(args.scales):
+                save_grid(from_model_scale(x[pick], cfg.data.scale), k,
+                          os.path.join(FIGURES, f"mnist_classifier_guidance_s{scale:g}.png"))
+
+    # --- inpainting: top half known, bottom half sampled (unconditional score)
+    test, test_labels = load_images(cfg.data.name, "test", args.data_dir)
+    x_known = to_model_scale(test[: args.inpaint], cfg.data.scale)
+    mask = np.zeros((1, *shape), np.float32)
+    mask[:, : shape[0] // 2] = 1.0
+    uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full((args.inpaint,), k, jnp.int32))
+    rows = [from_model_scale(x_known * mask + (1 - mask) * -1.0, cfg.data.scale)]
+    result["inpainting"] = []
+    for name, opts in (("replacement", {"n_resample": 1}), ("repaint_u4", {"n_resample": 4})):
+        t0 = time.perf_counter()
+        x, info = sj.inpaint(uncond, sde, jax.random.fold_in(key, 5), x_known, mask, steps=args.inpaint_steps,
+                             n_corrector=1, **opts)
+        pred = _classify(clean, jnp.asarray(x))
+        acc = float(np.mean(pred == test_labels[: args.inpaint]))
+        result["inpainting"].append({"method": name, "nfe": int(info["nfe"]), "seconds": time.perf_counter() - t0,
+                                     "label_kept_accuracy": acc})
+        print(f"inpainting {name}: the classifier reads the original digit in {acc:.2f} of completions", flush=True)
+        rows.append(from_model_scale(x, cfg.data.scale))
+    rows.append(test[: args.inpaint])
+    save_grid(np.concatenate(rows), len(rows), os.path.join(FIGURES, "mnist_inpainting.png"))
+    result["inpainting_grid_rows"] = ["masked (top half known)", "replacement PC", "RePaint U=4", "original"]
+    return result
+
+
+def readme_section(r: dict) -> str:
+    out = ["## Guidance on MNIST (`python -m benchmarks.guidance`)", "",
+           f"Class-conditional `experiments.mnist` model ({r['train_steps']} steps, label dropout), "
+           f"{r['per_class']} samples per digit, {r['sampler']['method']} with {r['sampler']['steps']} steps; "
+           "accuracy = fraction of samples that the project's clean MNIST classifier labels with the requested digit "
+           f"(+- binomial standard error). Device: {r['device']}.", "",
+           "| guidance | weight | accuracy | seconds |", "|---|---|---|---|"]
+    for c in r["cfg"]:
+        out.append(f"| classifier-free | w = {c['w']:g} | {c['accuracy']:.3f} +- {c['accuracy_stderr']:.3f} | "
+                   f"{c['seconds']:.0f} |")
+    for c in r.get("classifier_guidance", []):
+        out.append(f"| noise-conditional classifier | scale = {c['scale']:g} | {c['accuracy']:.3f} +- "
+                   f"{c['accuracy_stderr']:.3f} | {c['seconds']:.0f} |")
+    out += ["", f"Unconditional samples (null label), classifier's histogram over digits: "
+            f"{r['unconditional_class_histogram']}.", ""]
+    for c in r.get("inpainting", []):
+        out.append(f"Inpainting ({c['method']}, {c['nfe']} NFE): the classifier reads the original digit in "
+                   f"{c['label_kept_accuracy']:.2f} of completions.")
+    return "\n".join(out)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="class-conditional experiments.mnist run")
+    p.add_argument("--classifier", required=True, help="clean classifier workdir (experiments.mnist_classifier)")
+    p.add_argument("--noisy_classifier", help="noise-conditional classifier workdir, for classifier guidance")
+    p.add_argument("--data_dir", help="MNIST IDX folder (else tensorflow-datasets)")
+    p.add_argument("--ws", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 1.0, 2.0, 4.0])
+    p.add_argument("--scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 4.0])
+    p.add_argument("--per_class", type=int, default=50)
+    p.add_argument("--method", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--inpaint", type=int, default=16, help="test digits to inpaint")
+    p.add_argument("--inpaint_steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    result = run(args)
+    result["seconds_total"] = time.perf_counter() - start
+    result["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump(result, f, indent=2)
+    write_readme_section(readme_section(result), BEGIN, END, README)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

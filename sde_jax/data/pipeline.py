@@ -1,0 +1,135 @@
+"""Image data sets as arrays, and the training input pipeline.
+
+``load_images(name, split)`` returns ``(images uint8 (N, H, W, C), labels int32 (N,))`` from
+
+* a local IDX directory (``data_dir`` holding MNIST-format ``*-idx?-ubyte.gz`` files, checksums verified), or
+* tensorflow-datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``celeb_a``, ...), downloaded and prepared on
+  first use: the optional ``[tfds]`` extra (``pip install "sde_jax[tfds]"``).
+
+``ImageBatches`` turns such arrays into the loop's ``batch_fn(step, rows)``: a pure function of the step (epoch
+permutations and dequantisation noise come from ``(seed, epoch)`` and ``(seed, step)``), so a resumed run sees the
+same batches, and each process reads and preprocesses only its own rows of the global batch (multi-host).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from sde_jax.data.idx import SHA256, load_idx_dataset
+from sde_jax.data.images import SCALES, pad_to
+
+TFDS_HINT = 'named data sets need tensorflow-datasets: pip install "sde_jax[tfds]" (or pass data.dir, a local ' \
+            "folder of MNIST-format IDX files)"
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError(TFDS_HINT) from None
+    return tfds
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a tensorflow-datasets data set; records need an ``image`` and (optionally) ``label``."""
+    tfds = _import_tfds()
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    except Exception as e:  # tfds raises many types: unknown name, no network, no TensorFlow to prepare
+        raise ValueError(f"tensorflow-datasets could not provide {name!r} split {split!r}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"tensorflow-datasets {name!r} split {split!r} is empty.")
+    first = source[0]
+    if "image" not in first:
+        raise ValueError(f"{name!r} records have no 'image' feature (features: {sorted(first)}).")
+    images = np.empty((n, *np.shape(first["image"])), np.uint8)
+    labels = np.zeros((n,), np.int32)
+    for i in range(n):
+        record = source[i]
+        images[i] = record["image"]
+        labels[i] = record.get("label", 0)
+    return images, labels
+
+
+def load_images(name: str, split: str = "train", data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, H, W, C), labels int32 (N,)) of ``name``'s ``split`` ("train" or "test").
+
+    With ``data_dir`` holding IDX files (MNIST, Fashion-MNIST) they are read and their checksums verified when
+    ``name`` is a known one; otherwise tensorflow-datasets provides ``name`` (``data_dir`` is then its cache).
+    """
+    if data_dir and any(f.endswith("-idx3-ubyte.gz") for f in _listdir(data_dir)):
+        return load_idx_dataset(data_dir, split, name if name in SHA256 else None)
+    if data_dir and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data.dir {data_dir} does not exist; pass a folder of IDX files, or leave it "
+                                "empty to download through tensorflow-datasets.")
+    images, labels = load_tfds(name, split, data_dir or None)
+    if images.ndim == 3:
+        images = images[..., None]
+    return images, labels
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+class ImageBatches:
+    """``batch_fn(step, rows)`` over uint8 images: shuffled each epoch, scaled to the model's range, optionally
+    dequantised (x + u, u ~ U[0, 1)), flipped and padded.
+
+    Returns ``{"x": float32 (len(rows), H, W, C), "y": int32}`` with labels, else the images alone. The epoch
+    permutation is ``default_rng((seed, epoch))``; the noise of step k is ``default_rng((seed, k))`` drawn for the
+    whole global batch, so rows and values do not depend on how many processes share the batch.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, batch_size: int, *, seed: int = 0,
+                 scale: str = "minus_one_one", dequantize: bool = True, flip: bool = False, pad_to_size: int = 0):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 NHWC; got {images.dtype} of shape {images.shape}.")
+        if labels is not None and labels.shape != images.shape[:1]:
+            raise ValueError(f"labels {labels.shape} do not match images {images.shape}.")
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}.")
+        if not 0 < batch_size:
+            raise ValueError(f"batch_size must be positive; got {batch_size}.")
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.scale, self.dequantize, self.flip, self.pad = scale, dequantize, flip, pad_to_size
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _indices(self, step: int) -> np.ndarray:
+        """Global indices of step ``step``'s batch: consecutive slices of per-epoch permutations."""
+        n, b = len(self.images), self.batch_size
+        start = step * b
+        out = []
+        while len(out) < b:
+            epoch, offset = divmod(start + len(out), n)
+            if self._perm is None or self._perm[0] != epoch:
+                self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(n))
+            take = self._perm[1][offset:offset + b - len(out)]
+            out.extend(take.tolist())
+        return np.asarray(out)
+
+    def __call__(self, step: int, rows: slice = slice(None)) -> Any:
+        idx = self._indices(step)[rows]
+        x = self.images[idx]
+        if self.pad:
+            x = pad_to(x, self.pad)  # black borders, dequantised like the image
+        rng = np.random.default_rng((self.seed, 1 << 20, step))
+        shape = (self.batch_size, *x.shape[1:])
+        u = rng.random(shape, np.float32)[rows] if self.dequantize else np.float32(0.5)
+        flips = rng.random(self.batch_size)[rows] < 0.5
+        y = (x.astype(np.float32) + u) / 256.0
+        y = y if self.scale == "zero_one" else 2.0 * y - 1.0
+        if self.flip:
+            y = np.where(flips[:, None, None, None], y[:, :, ::-1], y)
+        y = y.astype(np.float32)
+        if self.labels is None:
+            return y
+        return {"x": y, "y": self.labels[idx].astype(np.int32)}

@@ -1,0 +1,50 @@
+"""``python -m experiments.mnist_classifier`` end to end on the real MNIST files (tiny noise-conditional network,
+a few steps), and the API other experiments use: load_classifier, embed, feature_distances."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data", "mnist")
+pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"MNIST IDX files not found at {DATA} "
+                                "(they ship beside the repository in CI, not in a user's clone)")
+TINY = ["--config.noise_conditional=True", "--config.model.ch=4", "--config.train.batch_size=16",
+        "--config.train.steps=4", "--config.train.decay_steps=0", "--config.train.warmup=1",
+        "--config.train.log_every=2", "--config.train.checkpoint_every=2", "--config.eval.batch_size=1000",
+        "--config.eval.fd_sizes=(100, 1000)", "--config.eval.kid_subset_size=100", "--config.eval.kid_subsets=5"]
+
+
+def test_trains_evaluates_and_loads(tmp_path):
+    workdir = str(tmp_path / "noisy_classifier")
+    cmd = [sys.executable, "-m", "experiments.mnist_classifier", "--workdir", workdir, f"--config.data.dir={DATA}",
+           *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    with open(os.path.join(workdir, "eval.json")) as f:
+        report = json.load(f)
+    assert report["noise_conditional"] and report["train_steps"] == 4
+    assert set(report["test_accuracy_at_t"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert all(0.0 <= a <= 1.0 for a in report["test_accuracy_at_t"].values())
+    assert report["fd_classifier_real_vs_real"] == report["feature_floors"]["test_halves_1000"]["fd_classifier"]
+    assert report["fd_classifier_real_vs_real"] >= 0 and "fd_classifier_train_vs_test" in report
+    assert not any("fid" in k.lower() for k in report)  # classifier features: never called FID
+
+    from experiments.mnist_classifier import embed, feature_distances, load_classifier
+
+    apply_fn, params, config = load_classifier(workdir)
+    assert config.model.noise_conditional and config.loss.kind == "noisy_classifier"
+    x = np.random.default_rng(0).uniform(-1, 1, (7, 28, 28, 1)).astype(np.float32)
+    assert apply_fn(params, x, np.full(7, 0.5, np.float32)).shape == (7, 10)
+    f = embed(apply_fn, params, x, t=1e-3, batch_size=4)  # 7 images in padded batches of 4
+    assert f.shape == (7, 16)
+    d = feature_distances(f, f + 1.0, kid_subset_size=5, kid_subsets=3)
+    assert set(d) >= {"fd_classifier", "kid_classifier", "kid_classifier_std"}
+    np.testing.assert_allclose(d["fd_classifier"], 16.0, rtol=1e-6)  # a shift by 1 in each of 16 dimensions
+    with pytest.raises(FileNotFoundError):
+        load_classifier(str(tmp_path / "nothing"))
