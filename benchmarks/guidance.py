@@ -28,7 +28,7 @@ import numpy as np
 
 import sde_jax as sj
 from benchmarks.common import device_info, write_readme_section
-from experiments.mnist import save_grid
+from experiments.mnist import guided_score, save_grid
 from sde_jax.data.images import from_model_scale, to_model_scale
 from sde_jax.data.pipeline import load_images
 from sde_jax.train.loop import restore
@@ -80,11 +80,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # --- classifier-free guidance: one network, s(x|y) and s(x|null)
     def cfg_score(w):
-        def score_for(y):
-            cond = sj.score_fn(model.model.apply, model.params, sde, param, y)
-            uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full_like(y, k))
-            return cond if w == 0 else sj.classifier_free_guidance(cond, uncond, w)
-        return score_for
+        return lambda y: guided_score(model.model, model.params, sde, param, y, w, k)
 
     for w in args.ws:
         t0 = time.perf_counter()

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import sde_jax as sj
-from sde_jax import likelihood as lik
 from benchmarks.common import device_info, write_readme_section
+from sde_jax import likelihood as lik
+from sde_jax.data import TOY_SETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.environ.get("SDE_JAX_RESULTS_DIR") or os.path.join(HERE, "results")  # tests write elsewhere
@@ -201,7 +202,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
     settings = {"sde": type(sde).__name__, "divergence": divergence, "n_probes": args.n_probes,
                 "eps": args.eps, "rtol": args.rtol, "atol": args.atol, "batch_size": args.batch_size,
                 "seed": args.seed, "solver": "tsit5 (adaptive)"}
-    if args.data_file is None and args.data_dir is None and args.dataset in _toy_sets():
+    if args.data_file is None and args.data_dir is None and args.dataset in TOY_SETS:
         from sde_jax.data import ENTROPY, sample_toy
 
         x = np.asarray(sample_toy(args.dataset, jax.random.fold_in(key, 0), args.n_examples))
@@ -218,12 +219,6 @@ def run_checkpoint(args: argparse.Namespace) -> dict:
                     dequantization="uniform")
     return {**common, "kind": "checkpoint_bpd", "bpd": res.mean, "bpd_stderr": res.stderr,
             "n_examples": res.n_examples, "nfe_mean": res.nfe_mean, "seconds": res.seconds, "settings": settings}
-
-
-def _toy_sets() -> tuple:
-    from sde_jax.data import TOY_SETS
-
-    return tuple(TOY_SETS)
 
 
 # ------------------------------------------------------------------------------ host-loop baseline

@@ -135,9 +135,9 @@ def test_bpd(config: ConfigDict, model, params, sde, images: np.ndarray, key, pr
                            progress=progress)
 
 
-def sample_quality(config: ConfigDict, model, params, sde, sampler) -> dict:
+def sample_quality(config: ConfigDict, params, sampler, test_images: np.ndarray) -> dict:
     """Classifier-feature Fréchet distance and KID between ``eval.fd_samples`` unconditional samples and as many
-    test images, with the classifier of ``eval.classifier_dir`` (``experiments.mnist_classifier``). Not FID: the
+    of the uint8 ``test_images``, with the classifier of ``eval.classifier_dir`` (``experiments.mnist_classifier``). Not FID: the
     features are the project's MNIST classifier's; compare with its real-vs-real floor for the same sizes."""
     from experiments.mnist_classifier import embed, feature_distances, load_classifier
 
@@ -147,7 +147,6 @@ def sample_quality(config: ConfigDict, model, params, sde, sampler) -> dict:
     xs = [np.asarray(sampler(params, jax.random.key(config.sample.seed + 100 + i), jnp.full((250,), null, jnp.int32),
                              0.0)) for i in range(-(-n // 250))]
     generated = np.concatenate(xs)[:n]
-    test_images, _ = load_split(config, "test")
     real = np.asarray(to_model_scale(test_images[:n], config.data.scale))
     out = feature_distances(embed(apply_fn, cparams, real), embed(apply_fn, cparams, generated))
     print(f"classifier-feature FD {out['fd_classifier']:.3f}, KID {out['kid_classifier']:.4f} "
@@ -176,14 +175,14 @@ def main(config: ConfigDict, workdir: str) -> None:
     params = result.state.ema_params
     report = {"data": config.data.name, "train_steps": int(result.state.step), "train_seconds": result.seconds}
     n = config.eval.bpd_examples
+    test_images = load_split(config, "test")[0] if n or config.eval.classifier_dir else None  # read once
     if n:
-        test_images, _ = load_split(config, "test")
         res = test_bpd(config, model, params, sde, test_images[:n], jax.random.key(config.seed + 7))
         report.update(bpd=res.mean, bpd_stderr=res.stderr, n_examples=res.n_examples, nfe_mean=res.nfe_mean,
                       bpd_seconds=res.seconds)
         print(f"test bits/dim ({res.n_examples} images): {res.mean:.4f} ± {res.stderr:.4f}  (NFE {res.nfe_mean:.0f})")
     if config.eval.classifier_dir:
-        report.update(sample_quality(config, model, params, sde, sampler))
+        report.update(sample_quality(config, params, sampler, test_images))
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(report, f, indent=2)
 
