@@ -34,17 +34,11 @@ from sde_jax.data.pipeline import load_images
 from sde_jax.train.loop import restore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results", "guidance_mnist.json")
+OUT = os.environ.get("SDE_JAX_RESULTS_DIR")  # tests write the record and the grids elsewhere
+RESULTS = os.path.join(OUT or os.path.join(HERE, "results"), "guidance_mnist.json")
 README = os.path.join(HERE, "README.md")
-FIGURES = os.path.join(os.path.dirname(HERE), "experiments", "figures")
+FIGURES = OUT or os.path.join(os.path.dirname(HERE), "experiments", "figures")
 BEGIN, END = "<!-- guidance:begin -->", "<!-- guidance:end -->"
-
-
-def _classify(classifier, x: jax.Array, batch: int = 500) -> np.ndarray:
-    """Predicted labels of the clean classifier for images on the model scale."""
-    apply_fn, params = classifier
-    f = jax.jit(lambda x: jnp.argmax(apply_fn(params, x), axis=-1))
-    return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
 
 
 def sample_classes(score_for, sde, key, labels: np.ndarray, shape, method: str, steps: int, batch: int):
@@ -62,7 +56,7 @@ def sample_classes(score_for, sde, key, labels: np.ndarray, shape, method: str, 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from experiments.mnist_classifier import load_classifier
+    from experiments.mnist_classifier import clean_time, load_classifier, predict
 
     model = restore(args.workdir)
     cfg, sde = model.config, model.sde
@@ -70,11 +64,16 @@ def run(args: argparse.Namespace) -> dict:
     if k is None:
         raise SystemExit(f"{args.workdir} holds an unconditional model; guidance needs a class-conditional one.")
     shape = tuple(cfg.data.shape)
-    clean = load_classifier(args.classifier)[:2]
+    c_apply, c_params, c_config = load_classifier(args.classifier)
+
+    def classify(x: np.ndarray) -> np.ndarray:  # the clean classifier's labels
+        return predict(c_apply, c_params, x, clean_time(c_config))
+
     labels = np.repeat(np.arange(k, dtype=np.int32), args.per_class)
     key = jax.random.key(args.seed)
     param = cfg.loss.parameterization
     result = {"device": device_info(), "workdir": os.path.abspath(args.workdir), "train_steps": model.step,
+              "train": {"loss": cfg.loss.to_dict(), "batch_size": cfg.train.batch_size, "lr": cfg.train.lr},
               "sampler": {"method": args.method, "steps": args.steps}, "per_class": args.per_class, "cfg": [],
               "classifier": os.path.abspath(args.classifier)}
 
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     for w in args.ws:
         t0 = time.perf_counter()
         x = sample_classes(cfg_score(w), sde, key, labels, shape, args.method, args.steps, args.batch)
-        pred = _classify(clean, jnp.asarray(x))
+        pred = classify(x)
         acc = float(np.mean(pred == labels))
         per_class = [float(np.mean(pred[labels == c] == c)) for c in range(k)]
         result["cfg"].append({"w": w, "accuracy": acc, "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels))),
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     uncond_x = sample_classes(lambda y: sj.score_fn(model.model.apply, model.params, sde, param,
                                                     jnp.full_like(y, k)), sde, key, labels, shape, args.method,
                               args.steps, args.batch)
-    pred = _classify(clean, jnp.asarray(uncond_x))
+    pred = classify(uncond_x)
     result["unconditional_class_histogram"] = np.bincount(pred, minlength=k).tolist()
 
     # --- classifier guidance with the noise-conditional classifier, on the unconditional score
@@ -114,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
 
             t0 = time.perf_counter()
             x = sample_classes(score_for, sde, key, labels, shape, args.method, args.steps, args.batch)
-            pred = _classify(clean, jnp.asarray(x))
+            pred = classify(x)
             acc = float(np.mean(pred == labels))
             result["classifier_guidance"].append({"scale": scale, "accuracy": acc, "seconds": time.perf_counter() - t0,
                                                   "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels)))})
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         x, info = sj.inpaint(uncond, sde, jax.random.fold_in(key, 5), x_known, mask, steps=args.inpaint_steps,
                              n_corrector=1, **opts)
-        pred = _classify(clean, jnp.asarray(x))
+        pred = classify(x)
         acc = float(np.mean(pred == test_labels[: args.inpaint]))
         result["inpainting"].append({"method": name, "nfe": int(info["nfe"]), "seconds": time.perf_counter() - t0,
                                      "label_kept_accuracy": acc})
@@ -150,7 +149,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def readme_section(r: dict) -> str:
     out = ["## Guidance on MNIST (`python -m benchmarks.guidance`)", "",
-           f"Class-conditional `experiments.mnist` model ({r['train_steps']} steps, label dropout), "
+           f"Class-conditional `experiments.mnist` model ({r['train_steps']} steps at batch "
+           f"{r['train']['batch_size']}, {r['train']['loss']['weighting']} weighting, label dropout "
+           f"{r['train']['loss']['p_uncond']:g}), "
            f"{r['per_class']} samples per digit, {r['sampler']['method']} with {r['sampler']['steps']} steps; "
            "accuracy = fraction of samples that the project's clean MNIST classifier labels with the requested digit "
            f"(+- binomial standard error). Device: {r['device']}.", "",
@@ -184,6 +185,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inpaint", type=int, default=16, help="test digits to inpaint")
     p.add_argument("--inpaint_steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_readme", action="store_true", help="do not refresh benchmarks/README.md")
     return p.parse_args(argv)
 
 
@@ -196,7 +198,8 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(result, f, indent=2)
-    write_readme_section(readme_section(result), BEGIN, END, README)
+    if not args.no_readme:
+        write_readme_section(readme_section(result), BEGIN, END, README)
     print(f"wrote {RESULTS}")
 
 

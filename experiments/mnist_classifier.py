@@ -137,14 +137,25 @@ def _jitted_predict(apply_fn, sde):
     return jax.jit(predict)
 
 
-def accuracy(apply_fn, params, x: np.ndarray, y: np.ndarray, batch_size: int, t: float | None = None,
-             sde=None, seed: int = 0) -> float:
-    """Fraction of correct argmax predictions on images ``x`` (model scale) given time ``t`` (default 0); with an
-    ``sde``, on the noisy x_t = alpha(t) x + sigma(t) z instead, with a fixed z per image drawn from ``seed``."""
+def clean_time(config: ConfigDict) -> float:
+    """The time at which a classifier reads clean images: its smallest training time ``loss.eps`` when it is
+    noise-conditional, 0 (ignored) otherwise."""
+    return float(config.loss.eps) if config.model.noise_conditional else 0.0
+
+
+def predict(apply_fn, params, x: np.ndarray, t: float = 0.0, batch_size: int = 500, sde=None,
+            seed: int = 0) -> np.ndarray:
+    """argmax_y p(y | x) (N,) of images ``x`` (model scale) at time ``t``; with an ``sde``, of the noisy
+    x_t = alpha(t) x + sigma(t) z instead, with a fixed z per image drawn from ``seed``."""
     z = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
-    ts = np.full(len(x), 0.0 if t is None else t, np.float32)
-    pred = _batched(_jitted_predict(apply_fn, sde), params, (x, z, ts), batch_size)
-    return float(np.mean(pred == y))
+    ts = np.full(len(x), t, np.float32)
+    return _batched(_jitted_predict(apply_fn, sde), params, (x, z, ts), batch_size)
+
+
+def accuracy(apply_fn, params, x: np.ndarray, y: np.ndarray, batch_size: int, t: float = 0.0, sde=None,
+             seed: int = 0) -> float:
+    """Fraction of correct :func:`predict` labels."""
+    return float(np.mean(predict(apply_fn, params, x, t, batch_size, sde, seed) == y))
 
 
 def real_floors(apply_fn, params, config: ConfigDict, train_images, test_x, t: float) -> dict:
@@ -181,7 +192,7 @@ def main(config: ConfigDict, workdir: str) -> None:
     ec = config.eval
     x = np.asarray(to_model_scale(test_x, config.data.scale))
     sde = sde_from_config(config.sde)
-    t_feat = float(config.loss.eps) if config.noise_conditional else None  # clean images: t = eps
+    t_feat = clean_time(config)
     report = {"data": config.data.name, "noise_conditional": bool(config.noise_conditional),
               "train_steps": int(state.step), "train_seconds": seconds,
               "test_accuracy": accuracy(apply_fn, params, x, test_y, ec.batch_size, t_feat),
@@ -193,7 +204,6 @@ def main(config: ConfigDict, workdir: str) -> None:
                                seed=config.seed + 5) for t in ec.times}
         report["note_t"] = (f"t = 0 means t = eps = {config.loss.eps}; x_t = alpha(t) x0 + sigma(t) z with a fixed z "
                             "per image; test_accuracy: clean images, t = eps")
-    t_feat = t_feat or 0.0
     floors = real_floors(apply_fn, params, config, train_x, x, t_feat)
     main_size = max(n for n in ec.fd_sizes if 2 * n <= len(x))
     report.update({

@@ -9,10 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data", "mnist")
-pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"MNIST IDX files not found at {DATA} "
-                                "(they ship beside the repository in CI, not in a user's clone)")
+from tests.conftest import MNIST_DIR as DATA, NEEDS_MNIST, ROOT
+
+pytestmark = NEEDS_MNIST
 TINY = ["--config.model.ch=8", "--config.model.num_res_blocks=1", "--config.train.batch_size=16",
         "--config.train.steps=6", "--config.train.decay_steps=0", "--config.train.warmup=2",
         "--config.train.log_every=2", "--config.train.checkpoint_every=3", "--config.sample.per_class=1",
@@ -56,6 +55,32 @@ def test_benchmark_writes_the_bpd_record_from_the_workdir(run_dir, tmp_path):
     for key in ("bpd", "bpd_stderr", "n_examples", "nfe_mean", "train_steps", "train_seconds", "device"):
         assert r[key] is not None, key
     assert r["n_examples"] == 10 and r["train_steps"] == 6 and r["model"]["num_classes"] == 10
+
+
+def test_guidance_benchmark_writes_accuracies_and_grids(run_dir, mnist_classifier, tmp_path):
+    """``benchmarks.guidance`` on the tiny model: CFG against w, classifier guidance, inpainting, one record."""
+    workdir, classifier = run_dir[0], mnist_classifier[0]
+    cmd = [sys.executable, "-m", "benchmarks.guidance", "--workdir", workdir, "--classifier", classifier,
+           "--noisy_classifier", classifier, "--data_dir", DATA, "--ws", "0,2", "--scales", "1", "--per_class", "1",
+           "--batch", "10", "--steps", "3", "--inpaint", "2", "--inpaint_steps", "3", "--no_readme"]
+    env = {**os.environ, "SDE_JAX_RESULTS_DIR": str(tmp_path)}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "guidance_mnist.json") as f:
+        r = json.load(f)
+    assert [c["w"] for c in r["cfg"]] == [0.0, 2.0] and r["train_steps"] == 6 and r["per_class"] == 1
+    assert all(0.0 <= c["accuracy"] <= 1.0 and len(c["per_class_accuracy"]) == 10 for c in r["cfg"])
+    assert sum(r["unconditional_class_histogram"]) == 10
+    assert [c["scale"] for c in r["classifier_guidance"]] == [1.0]
+    assert [c["method"] for c in r["inpainting"]] == ["replacement", "repaint_u4"]
+    assert r["inpainting"][1]["nfe"] > r["inpainting"][0]["nfe"]
+    assert r["train"]["loss"]["p_uncond"] == 0.2
+    for name in ("mnist_cfg_w2.png", "mnist_classifier_guidance_s1.png", "mnist_inpainting.png"):
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(4) == b"\x89PNG", name
+    from benchmarks.guidance import readme_section
+
+    assert "| classifier-free | w = 2 |" in readme_section(r)
 
 
 def test_a_wrong_data_dir_is_one_clear_line(tmp_path):

@@ -3,28 +3,17 @@ a few steps), and the API other experiments use: load_classifier, embed, feature
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data", "mnist")
-pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"MNIST IDX files not found at {DATA} "
-                                "(they ship beside the repository in CI, not in a user's clone)")
-TINY = ["--config.noise_conditional=True", "--config.model.ch=4", "--config.train.batch_size=16",
-        "--config.train.steps=4", "--config.train.decay_steps=0", "--config.train.warmup=1",
-        "--config.train.log_every=2", "--config.train.checkpoint_every=2", "--config.eval.batch_size=1000",
-        "--config.eval.fd_sizes=(100, 1000)", "--config.eval.kid_subset_size=100", "--config.eval.kid_subsets=5"]
+from tests.conftest import NEEDS_MNIST
+
+pytestmark = NEEDS_MNIST
 
 
-def test_trains_evaluates_and_loads(tmp_path):
-    workdir = str(tmp_path / "noisy_classifier")
-    cmd = [sys.executable, "-m", "experiments.mnist_classifier", "--workdir", workdir, f"--config.data.dir={DATA}",
-           *TINY]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_trains_evaluates_and_loads(mnist_classifier, tmp_path):
+    workdir, _ = mnist_classifier
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     with open(os.path.join(workdir, "eval.json")) as f:
         report = json.load(f)
