@@ -77,27 +77,31 @@ def run(args: argparse.Namespace) -> dict:
               "sampler": {"method": args.method, "steps": args.steps}, "per_class": args.per_class, "cfg": [],
               "classifier": os.path.abspath(args.classifier)}
 
-    # --- classifier-free guidance: one network, s(x|y) and s(x|null)
-    def cfg_score(w):
-        return lambda y: guided_score(model.model, model.params, sde, param, y, w, k)
+    pick = np.concatenate([np.where(labels == c)[0][:10] for c in range(k)])  # 10 per digit for the grids
 
-    for w in args.ws:
+    def guided_run(score_for, figure: str | None) -> dict:
+        """Sample ``labels`` with ``score_for(y)``, label the samples with the clean classifier, save a grid."""
         t0 = time.perf_counter()
-        x = sample_classes(cfg_score(w), sde, key, labels, shape, args.method, args.steps, args.batch)
+        x = sample_classes(score_for, sde, key, labels, shape, args.method, args.steps, args.batch)
         pred = classify(x)
         acc = float(np.mean(pred == labels))
-        per_class = [float(np.mean(pred[labels == c] == c)) for c in range(k)]
-        result["cfg"].append({"w": w, "accuracy": acc, "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels))),
-                              "per_class_accuracy": per_class, "seconds": time.perf_counter() - t0})
-        print(f"CFG w={w}: accuracy {acc:.3f}", flush=True)
-        pick = np.concatenate([np.where(labels == c)[0][:10] for c in range(k)])
-        if w == max(args.ws):
-            save_grid(from_model_scale(x[pick], cfg.data.scale), k, os.path.join(FIGURES, f"mnist_cfg_w{w:g}.png"))
-    uncond_x = sample_classes(lambda y: sj.score_fn(model.model.apply, model.params, sde, param,
-                                                    jnp.full_like(y, k)), sde, key, labels, shape, args.method,
-                              args.steps, args.batch)
-    pred = classify(uncond_x)
-    result["unconditional_class_histogram"] = np.bincount(pred, minlength=k).tolist()
+        if figure:
+            save_grid(from_model_scale(x[pick], cfg.data.scale), k, os.path.join(FIGURES, figure))
+        return {"accuracy": acc, "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels))),
+                "per_class_accuracy": [float(np.mean(pred[labels == c] == c)) for c in range(k)],
+                "seconds": time.perf_counter() - t0}
+
+    def uncond_score(y):  # s(x, t | null): the same network with the null label
+        return sj.score_fn(model.model.apply, model.params, sde, param, jnp.full_like(y, k))
+
+    # --- classifier-free guidance: one network, s(x|y) and s(x|null)
+    for w in args.ws:
+        r = guided_run(lambda y, w=w: guided_score(model.model, model.params, sde, param, y, w, k),
+                       f"mnist_cfg_w{w:g}.png" if w == max(args.ws) else None)
+        result["cfg"].append({"w": w, **r})
+        print(f"CFG w={w}: accuracy {r['accuracy']:.3f}", flush=True)
+    uncond_x = sample_classes(uncond_score, sde, key, labels, shape, args.method, args.steps, args.batch)
+    result["unconditional_class_histogram"] = np.bincount(classify(uncond_x), minlength=k).tolist()
 
     # --- classifier guidance with the noise-conditional classifier, on the unconditional score
     if args.noisy_classifier:
@@ -107,28 +111,17 @@ def run(args: argparse.Namespace) -> dict:
         log_prob = make_log_prob(apply_fn, params)
         result["classifier_guidance"] = []
         for scale in args.scales:
-            def score_for(y, scale=scale):
-                uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full_like(y, k))
-                return sj.classifier_guidance(uncond, log_prob, y, scale)
-
-            t0 = time.perf_counter()
-            x = sample_classes(score_for, sde, key, labels, shape, args.method, args.steps, args.batch)
-            pred = classify(x)
-            acc = float(np.mean(pred == labels))
-            result["classifier_guidance"].append({"scale": scale, "accuracy": acc, "seconds": time.perf_counter() - t0,
-                                                  "accuracy_stderr": float(np.sqrt(acc * (1 - acc) / len(labels)))})
-            print(f"classifier guidance scale={scale}: accuracy {acc:.3f}", flush=True)
-            pick = np.concatenate([np.where(labels == c)[0][:10] for c in range(k)])
-            if scale == max(args.scales):
-                save_grid(from_model_scale(x[pick], cfg.data.scale), k,
-                          os.path.join(FIGURES, f"mnist_classifier_guidance_s{scale:g}.png"))
+            r = guided_run(lambda y, scale=scale: sj.classifier_guidance(uncond_score(y), log_prob, y, scale),
+                           f"mnist_classifier_guidance_s{scale:g}.png" if scale == max(args.scales) else None)
+            result["classifier_guidance"].append({"scale": scale, **r})
+            print(f"classifier guidance scale={scale}: accuracy {r['accuracy']:.3f}", flush=True)
 
     # --- inpainting: top half known, bottom half sampled (unconditional score)
     test, test_labels = load_images(cfg.data.name, "test", args.data_dir)
     x_known = to_model_scale(test[: args.inpaint], cfg.data.scale)
     mask = np.zeros((1, *shape), np.float32)
     mask[:, : shape[0] // 2] = 1.0
-    uncond = sj.score_fn(model.model.apply, model.params, sde, param, jnp.full((args.inpaint,), k, jnp.int32))
+    uncond = uncond_score(jnp.zeros((args.inpaint,), jnp.int32))
     rows = [from_model_scale(x_known * mask + (1 - mask) * -1.0, cfg.data.scale)]
     result["inpainting"] = []
     for name, opts in (("replacement", {"n_resample": 1}), ("repaint_u4", {"n_resample": 4})):
