@@ -1,12 +1,20 @@
-"""What every benchmark shares: where the numbers were measured, and writing its section of the README."""
+"""What every benchmark shares: where the numbers were measured, and its report: a JSON record in
+``benchmarks/results/`` (or ``$SDE_JAX_RESULTS_DIR``: tests write elsewhere) and its section of the README."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "README.md")
+
+
+def results_dir() -> str:
+    """Where records go: ``$SDE_JAX_RESULTS_DIR`` if set, else ``benchmarks/results``."""
+    return os.environ.get("SDE_JAX_RESULTS_DIR") or os.path.join(HERE, "results")
 
 
 def cpu_model() -> str:
@@ -60,3 +68,56 @@ def write_readme_section(text: str, begin: str, end: str, path: str = README) ->
         new = old.rstrip("\n") + "\n\n" + body + "\n"
     with open(path, "w") as f:
         f.write(new)
+
+
+def write_result(name: str, result: dict) -> str:
+    """Write ``result`` (plus the 1-minute load average: context for timings on a shared CPU) to
+    ``<results_dir>/<name>.json``; return its path."""
+    result = {**result, "load_avg_1min": round(os.getloadavg()[0], 2)}
+    os.makedirs(results_dir(), exist_ok=True)
+    path = os.path.join(results_dir(), f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    print(f"wrote {path}")
+    return path
+
+
+def load_results(prefix: str) -> list[tuple[str, dict]]:
+    """``(name, record)`` of every ``<prefix>*.json`` in the results folder, sorted by name."""
+    folder = results_dir()
+    rows = []
+    for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if fname.startswith(prefix) and fname.endswith(".json"):
+            with open(os.path.join(folder, fname)) as f:
+                rows.append((fname[:-5], json.load(f)))
+    return rows
+
+
+def write_report(name: str, result: dict, prefix: str, render: Callable[[list[tuple[str, dict]]], str],
+                 section: str, readme: bool = True) -> str:
+    """The one report writer: the JSON record ``<name>.json``, then (with ``readme``) the README section between
+    ``<!-- section:begin -->`` and ``<!-- section:end -->`` re-rendered by ``render`` from every ``<prefix>*``
+    record (one run refreshes the table it belongs to, keeping the other rows)."""
+    path = write_result(name, result)
+    if readme:
+        write_readme_section(render(load_results(prefix)), f"<!-- {section}:begin -->", f"<!-- {section}:end -->")
+        print(f"updated {README}")
+    return path
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` for None, floats to ``digits`` decimals (scientific when smaller)."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.1e}"
+    return str(v)
+
+
+def load_note(rows: list[tuple[str, dict]]) -> list[str]:
+    """The shared-machine sentence for a table of records carrying ``load_avg_1min`` (empty if none does)."""
+    loads = sorted({r["load_avg_1min"] for _, r in rows if r.get("load_avg_1min") is not None})
+    if not loads:
+        return []
+    return [f"Shared machine: 1-minute load average {loads[0]}-{loads[-1]} on {os.cpu_count()} cores during these "
+            "runs (each JSON has `load_avg_1min`); timings are minima over repeats.", ""]

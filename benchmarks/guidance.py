@@ -28,10 +28,9 @@ import numpy as np
 
 import sde_jax as sj
 from benchmarks.common import device_info, write_readme_section
-from experiments.mnist import guided_score, save_grid
-from sde_jax.data.images import from_model_scale, to_model_scale
+from sde_jax.data.images import from_model_scale, save_grid, to_model_scale
 from sde_jax.data.pipeline import load_images
-from sde_jax.train.loop import restore
+from sde_jax.train.checkpoint import restore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.environ.get("SDE_JAX_RESULTS_DIR")  # tests write the record and the grids elsewhere
@@ -43,11 +42,10 @@ BEGIN, END = "<!-- guidance:begin -->", "<!-- guidance:end -->"
 
 def sample_classes(score_for, sde, key, labels: np.ndarray, shape, method: str, steps: int, batch: int):
     """Samples for ``labels`` in equal batches; ``score_for(y)`` builds the (guided) score of a batch of labels.
-    The labels are an argument of one jitted sampler, so all batches share one compilation."""
+    The score is a pytree with the labels as leaves, so all batches share one compilation of ``sj.sample``."""
     if len(labels) % batch:
         raise ValueError(f"{len(labels)} labels do not split into batches of {batch}.")
 
-    @jax.jit
     def draw(y, k):
         return sj.sample(score_for(y), sde, k, (y.shape[0], *shape), method=method, steps=steps)[0]
 
@@ -56,7 +54,7 @@ def sample_classes(score_for, sde, key, labels: np.ndarray, shape, method: str, 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from experiments.mnist_classifier import clean_time, load_classifier, predict
+    from sde_jax.eval import clean_time, load_classifier, predict
 
     model = restore(args.workdir)
     cfg, sde = model.config, model.sde
@@ -96,7 +94,8 @@ def run(args: argparse.Namespace) -> dict:
 
     # --- classifier-free guidance: one network, s(x|y) and s(x|null)
     for w in args.ws:
-        r = guided_run(lambda y, w=w: guided_score(model.model, model.params, sde, param, y, w, k),
+        r = guided_run(lambda y, w=w: model.score_fn(y) if w == 0 else
+                       sj.classifier_free_guidance(model.score_fn(y), uncond_score(y), w),
                        f"mnist_cfg_w{w:g}.png" if w == max(args.ws) else None)
         result["cfg"].append({"w": w, **r})
         print(f"CFG w={w}: accuracy {r['accuracy']:.3f}", flush=True)

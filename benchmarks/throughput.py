@@ -133,8 +133,8 @@ def bare_seconds_per_step(model: str) -> tuple[dict[str, list[float]], float | N
     import numpy as np
     import optax
 
-    from sde_jax.losses import example_keys, make_optimizer
-    from sde_jax.train.loop import loss_from_config, model_from_config, sde_from_config
+    from sde_jax.train.step import example_keys, make_optimizer
+    from sde_jax.config import loss_from_config, model_from_config, sde_from_config
 
     c = _config(model)
     net = model_from_config(c.model)
@@ -252,9 +252,8 @@ def time_image_step(name: str, batch: int, steps: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from sde_jax.losses import init_train_state, make_train_step
-    from sde_jax.train.loop import init_params, loss_from_config, model_from_config, optimizer_from_config, \
-        sde_from_config
+    from sde_jax.config import loss_from_config, model_from_config, optimizer_from_config, sde_from_config
+    from sde_jax.train.step import init_params, init_train_state, make_train_step
 
     c = image_config(name)
     model, sde = model_from_config(c.model), sde_from_config(c.sde)

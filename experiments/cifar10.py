@@ -28,7 +28,7 @@ pixels (``reduce_mean``), VE sums. Samplers: EM = Euler-Maruyama predictor, no c
 predictor + one Langevin corrector step, snr 0.16; ancestral = DDPM's ancestral sampling on the N levels.
 
 Differences from score_sde: pixels map to bin centres, (x + 1/2) / 256 (score_sde: x / 255); the EMA decay is
-warmed up as min(decay, (1 + step) / (10 + step)) (``sde_jax.losses.make_train_step``). Continuous training
+warmed up as min(decay, (1 + step) / (10 + step)) (``sde_jax.train.step.make_train_step``). Continuous training
 draws t ~ U(loss.eps, 1) with score_sde's loss.eps = 1e-5.
 
 Writes ``metrics.jsonl``, ``checkpoints/<step>/`` every ``train.checkpoint_every`` steps, ``samples_<step>.png``
@@ -48,12 +48,12 @@ from ml_collections import ConfigDict
 
 import sde_jax as sj
 from experiments import common
-from experiments.mnist import load_split, save_grid, test_bpd
-from sde_jax.data.images import from_model_scale
-from sde_jax.data.pipeline import ImageBatches
+from experiments.mnist import test_bpd
+from sde_jax.config import base_config, model_from_config, sde_from_config
+from sde_jax.data.images import from_model_scale, save_grid
+from sde_jax.data.pipeline import ImageBatches, load_images
 from sde_jax.nn.presets import PARAMETERIZATION, cifar10_preset, ve_time_embedding
 from sde_jax.train import train
-from sde_jax.train.loop import model_from_config, sde_from_config
 from sde_jax.train.metrics import read_metrics
 
 DEFAULT_PRESET = "ddpmpp_continuous_vp"
@@ -80,27 +80,22 @@ def get_config(preset: str = DEFAULT_PRESET) -> ConfigDict:
         raise ValueError(f"unknown CIFAR-10 preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     network, sde, continuous, ema, steps = PRESETS[preset]
     vp_like = sde in ("vp", "subvp")
-    c = ConfigDict()
+    c = base_config()
     c.preset = preset
     c.seed = 42
     # data.dir: the tensorflow-datasets data directory (empty: its default, ~/tensorflow_datasets)
     c.data = ConfigDict({"name": "cifar10", "dir": "", "shape": (32, 32, 3),
                          "scale": "minus_one_one" if vp_like else "zero_one", "dequantize": False, "flip": True})
-    c.sde = ConfigDict({"name": sde, "beta_min": 0.1, "beta_max": 20.0, "sigma_min": 0.01, "sigma_max": 50.0,
-                        "N": 1000})
+    c.sde.name = sde
     c.model = ConfigDict(cifar10_preset(network))
-    c.loss = ConfigDict({"kind": "dsm" if continuous else "discrete", "parameterization": PARAMETERIZATION[network],
-                         "weighting": "score_matching", "importance_sampling": False, "reduce_mean": vp_like,
-                         "p_uncond": 0.0, "eps": 1e-5})
-    c.train = ConfigDict({"steps": steps, "batch_size": 128, "lr": 2e-4, "warmup": 5000, "decay_steps": 0,
-                          "grad_clip": 1.0, "ema_decay": ema, "log_every": 50, "checkpoint_every": 10000,
-                          "max_to_keep": 3, "skip_nonfinite": False})
+    c.loss.update(kind="dsm" if continuous else "discrete", parameterization=PARAMETERIZATION[network],
+                  reduce_mean=vp_like, p_uncond=0.0, eps=1e-5)
+    c.train.update(steps=steps, decay_steps=0, ema_decay=ema, checkpoint_every=10000)
     # sample grids of `num` images every `every` steps (0 images: none) with score_sde's samplers: 1000 updates
     # (ancestral: the N - 1 = 999 transitions between DDPM's levels, then the denoising step)
-    c.sample = ConfigDict({"method": "pc" if continuous else "ancestral", "steps": 1000 if continuous else 999,
-                           "predictor": "euler_maruyama" if vp_like else "reverse_diffusion",
-                           "n_corrector": 0 if vp_like else 1, "snr": 0.16, "denoise": True,
-                           "num": 64, "every": 50000, "seed": 1})
+    c.sample.update(method="pc" if continuous else "ancestral", steps=1000 if continuous else 999,
+                    predictor="euler_maruyama" if vp_like else "reverse_diffusion", n_corrector=0 if vp_like else 1,
+                    snr=0.16, denoise=True, num=64, every=50000)
     c.eval = ConfigDict({"bpd_examples": 10000, "batch_size": 100, "rtol": 1e-5, "atol": 1e-5})
     return c
 
@@ -125,11 +120,11 @@ def sampler_options(sample: ConfigDict) -> dict:
 
 
 def make_sampler(config: ConfigDict, model, sde):
-    """``sample(params, key) -> (sample.num, H, W, C)`` images on the model scale, jitted once."""
+    """``sample(params, key) -> (sample.num, H, W, C)`` images on the model scale (``sj.sample`` compiles once: the
+    parameters are leaves of the score model, not constants)."""
     shape = (config.sample.num, *config.data.shape)
     options = sampler_options(config.sample)
 
-    @jax.jit
     def sample(params, key):
         score = sj.score_fn(model.apply, params, sde, config.loss.parameterization)
         x, _ = sj.sample(score, sde, key, shape, method=config.sample.method, **options)
@@ -140,7 +135,7 @@ def make_sampler(config: ConfigDict, model, sde):
 
 def main(config: ConfigDict, workdir: str) -> None:
     check_config(config)
-    images, labels = load_split(config, "train")
+    images, labels = load_images(config.data.name, "train", config.data.dir or None, config.data.shape)
     conditional = config.model.get("num_classes") is not None
     batches = ImageBatches(images, labels if conditional else None, config.train.batch_size, seed=config.seed,
                            scale=config.data.scale, dequantize=config.data.dequantize, flip=config.data.flip)
@@ -162,7 +157,7 @@ def main(config: ConfigDict, workdir: str) -> None:
               "train_seconds": result.seconds}
     n = config.eval.bpd_examples
     if n:
-        test_images, _ = load_split(config, "test")
+        test_images, _ = load_images(config.data.name, "test", config.data.dir or None, config.data.shape)
         res = test_bpd(config, model, result.state.ema_params, sde, test_images[:n], jax.random.key(config.seed + 7))
         report.update(bpd=res.mean, bpd_stderr=res.stderr, n_examples=res.n_examples, nfe_mean=res.nfe_mean,
                       bpd_seconds=res.seconds)

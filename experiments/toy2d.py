@@ -18,26 +18,21 @@ from ml_collections import ConfigDict, config_dict
 
 import sde_jax as sj
 from experiments import common
+from sde_jax.config import base_config
 from sde_jax.data import ENTROPY, sample_toy
 from sde_jax.train import train
 from sde_jax.train.metrics import read_metrics
 
 
 def get_config() -> ConfigDict:
-    c = ConfigDict()
-    c.seed = 0
+    c = base_config()
     c.data = ConfigDict({"name": "checkerboard", "shape": (2,)})
     # VE's sigma_max: about the largest distance between two data points (Song & Ermon 2020, technique 1)
-    c.sde = ConfigDict({"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "sigma_min": 0.01, "sigma_max": 12.0,
-                        "N": 1000})
+    c.sde.sigma_max = 12.0
     c.model = ConfigDict({"name": "mlp", "width": 256, "depth": 3, "embed": "fourier", "embed_dim": 64,
                           "fourier_scale": 16.0})
-    c.loss = ConfigDict({"kind": "dsm", "parameterization": "eps", "weighting": "score_matching",
-                         "importance_sampling": False, "reduce_mean": False})
-    c.train = ConfigDict({"steps": 4000, "batch_size": 512, "lr": 2e-3, "warmup": 200, "grad_clip": 1.0,
-                          "ema_decay": 0.999, "log_every": 50, "checkpoint_every": 1000, "max_to_keep": 3,
-                          "skip_nonfinite": False})
-    c.sample = ConfigDict({"method": "ode", "n": 5000, "steps": config_dict.placeholder(int), "seed": 1})
+    c.train.update(steps=4000, batch_size=512, lr=2e-3, warmup=200)
+    c.sample.update(method="ode", n=5000, steps=config_dict.placeholder(int))
     c.eval = ConfigDict({"nll_examples": 2000})
     return c
 
@@ -77,7 +72,7 @@ def main(config: ConfigDict, workdir: str) -> None:
         return
     if jax.process_index() != 0 or config.sample.n == 0:  # sample.n=0: train only (tests, benchmarks)
         return
-    score = result.score_fn(ema=True, parameterization=config.loss.parameterization)
+    score = result.score_fn()
     options = {} if config.sample.steps is None else {"steps": config.sample.steps}
     key = jax.random.key(config.sample.seed)
     samples, info = sj.sample(score, result.sde, key, (config.sample.n, 2), method=config.sample.method, **options)

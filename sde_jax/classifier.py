@@ -1,14 +1,14 @@
-"""Classifiers of (noisy) data: their training losses, log p_t(y | x) for guidance, and their feature space.
+"""Classifiers of (noisy) data: their training losses, and log p_t(y | x) for guidance.
 
 The network is any ``model_apply(params, x, t) -> logits (B, C)``, e.g. ``sde_jax.nn.Classifier``. The losses have
 the signature of ``sde_jax.losses`` (``loss_fn(params, x0, keys, y) -> (loss, aux)``, one PRNG key per example), so
-``sde_jax.losses.make_train_step`` trains them on batches ``{"x": x0, "y": labels}``.
+``sde_jax.train.step.make_train_step`` trains them on batches ``{"x": x0, "y": labels}``.
 
 * :func:`noisy_classifier_loss` trains p_t(y | x_t) for every t: the classifier of classifier guidance
   (Song et al. 2021, Sec. 5 and App. I; Dhariwal & Nichol 2021).
 * :func:`classifier_loss` trains p(y | x) on clean data (t = 0): for evaluation, e.g. the classifier-feature
-  Fréchet distance / KID of ``sde_jax.metrics``.
-* :func:`log_prob_fn` is what ``sde_jax.classifier_guidance`` takes; :func:`features` the penultimate activations.
+  Fréchet distance / KID of ``sde_jax.eval`` (which also holds the classifier's labels and features).
+* :func:`log_prob_fn` is what ``sde_jax.classifier_guidance`` takes.
 
 (The network lives in ``sde_jax/nn/classifier.py``, like every network; this file holds the functions of it,
 as ``score.py`` does for score networks.)
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sde import SDE, batch_broadcast
+from sde_jax.losses import example_noise
+from sde_jax.sde import LinearSDE
 
 Array = jax.Array
 ClassifierApply = Callable[..., Array]
@@ -39,7 +41,7 @@ def _cross_entropy(logits: Array, y: Array) -> tuple[Array, Array]:
     return nll, jnp.argmax(logits, axis=-1) == y
 
 
-def noisy_classifier_loss(model_apply: ClassifierApply, sde: SDE, eps: Optional[float] = None) -> LossFn:
+def noisy_classifier_loss(model_apply: ClassifierApply, sde: LinearSDE, eps: Optional[float] = None) -> LossFn:
     """Cross-entropy of y given the noisy x_t and t (score_sde's noise-conditional classifier training):
 
         L = E_{t ~ U(eps, T)} E_{(x0, y)} E_z [ -log softmax(f(alpha(t) x0 + sigma(t) z, t))_y ],  z ~ N(0, I)
@@ -52,17 +54,9 @@ def noisy_classifier_loss(model_apply: ClassifierApply, sde: SDE, eps: Optional[
         raise ValueError(f"eps must lie in (0, T={sde.T}); got {t_min}.")
 
     def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
-        if keys.shape[:1] != x0.shape[:1]:
-            raise ValueError(f"need one key per example: keys {keys.shape} for a batch of shape {x0.shape}.")
-
-        def draw(k):
-            ku, kz = jax.random.split(k)
-            return jax.random.uniform(ku, ()), jax.random.normal(kz, x0.shape[1:], x0.dtype)
-
-        u, z = jax.vmap(draw)(keys)
+        u, z = example_noise(keys, x0)
         t = t_min + u * (sde.T - t_min)
-        alpha, sigma = sde.alpha_sigma(t)
-        xt = batch_broadcast(alpha, x0) * x0 + batch_broadcast(sigma, x0) * z
+        xt = sde.marginal_sample(None, x0, t, noise=z)
         nll, correct = _cross_entropy(model_apply(params, xt, t), y)
         return jnp.mean(nll), {"t": t, "per_example": nll, "accuracy": jnp.mean(correct)}
 
@@ -82,31 +76,21 @@ def classifier_loss(model_apply: ClassifierApply) -> LossFn:
     return loss_fn
 
 
-def log_prob_fn(model_apply: ClassifierApply, params: Any) -> Callable[[Array, Array], Array]:
-    """``log_prob(x, t) -> (B, C)``: log p_t(y | x) = log_softmax(f(x, t)) for every class y.
+class LogProb(eqx.Module):
+    """log p_t(y | x) = log_softmax(f(x, t)) for every class y, shape (B, C); the parameters are leaves."""
 
-    This is the ``log_prob_fn`` of :func:`sde_jax.classifier_guidance`, which adds scale * grad_x of it to a score.
+    params: Any
+    apply: ClassifierApply = eqx.field(static=True)
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return jax.nn.log_softmax(self.apply(self.params, x, t), axis=-1)
+
+
+def log_prob_fn(model_apply: ClassifierApply, params: Any) -> LogProb:
+    """``log_prob(x, t) -> (B, C)``: log p_t(y | x) = log_softmax(f(x, t)) for every class y, as a pytree.
+
+    This is the ``log_prob`` of :func:`sde_jax.classifier_guidance`, which adds scale * grad_x of it to a score; as a
+    pytree (parameters are leaves) it is a jit argument of the samplers, never a compile-time constant.
     """
+    return LogProb(params, model_apply)
 
-    def log_prob(x: Array, t: Array) -> Array:
-        return jax.nn.log_softmax(model_apply(params, x, t), axis=-1)
-
-    return log_prob
-
-
-def features(model_apply: ClassifierApply, params: Any, x: Array, t: Optional[Array] = None) -> Array:
-    """Penultimate-layer features (B, F) of the classifier: ``model_apply(params, x, t, method="features")``.
-
-    ``model_apply`` must be a Flax ``Module.apply`` of a module with a ``features`` method (as
-    ``sde_jax.nn.Classifier``). For a noise-conditional classifier pass t (e.g. ``sde.eps``; default 0); a clean
-    one ignores it. These are the inputs of ``sde_jax.metrics.frechet_distance`` / ``kid``.
-    """
-    if t is None:
-        t = jnp.zeros(jnp.shape(x)[:1])
-    try:
-        return model_apply(params, x, t, method="features")
-    except TypeError as e:
-        if "method" not in str(e):
-            raise
-        raise TypeError("features() needs a Flax Module.apply that accepts method='features' (e.g. "
-                        "sde_jax.nn.Classifier(...).apply); got a function without it.") from None

@@ -5,144 +5,136 @@ Guidance works at the level of scores, where the intractable normaliser of p(x |
 
     grad_x log p_t(x | y) = grad_x log p_t(x) + grad_x log p_t(y | x).
 
-``classifier_guidance`` and ``classifier_free_guidance`` return ordinary ``score_fn(x, t)`` functions, so every
-sampler of :func:`sde_jax.sample` works with them. ``inpaint`` and ``colorize`` condition on a known linear
-part of the data by replacing it, at every step, with a draw from the forward marginal of the known values
-(Song et al. 2021, App. I.2), optionally with RePaint-style resampling (Lugmayr et al. 2022).
+:func:`classifier_guidance` and :func:`classifier_free_guidance` return scores that are pytrees (``equinox.Module``,
+callable as ``score(x, t)``; labels, weights and network parameters are leaves), so every sampler takes them as jit
+arguments: a new guidance weight or new labels reuse the compiled sampler. :func:`inpaint` and :func:`colorize`
+condition on a known linear part of the data by replacing it, after every update of the predictor-corrector loop
+(``sde_jax.sampling.steps.step_loop``'s projection hook), with a draw from the forward marginal of the known values
+(Song et al. 2021, App. I.2), optionally with RePaint's resampling (Lugmayr et al. 2022).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax.sampling import langevin_step, reverse_diffusion_step, time_grid
-from sde_jax.score import denoise as tweedie_denoise
-from sde_jax.sde import SDE
+from sde_jax.sampling.grids import time_grid
+from sde_jax.sampling.steps import langevin_step, reverse_diffusion_step, step_loop
+from sde_jax.score import denoise as tweedie
+from sde_jax.sde import LinearSDE
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 LogProbFn = Callable[[Array, Array], Array]
 
 
-def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, y: Array, scale: float = 1.0) -> ScoreFn:
+class ClassifierGuidance(eqx.Module):
+    """s(x, t) + scale grad_x log p_t(y | x) (Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1)."""
+
+    score: Any
+    log_prob: Any
+    y: Array
+    scale: Array
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        def log_py(xx):
+            lp = self.log_prob(xx, t)
+            return jnp.sum(jnp.take_along_axis(lp, jnp.broadcast_to(self.y, (xx.shape[0],))[:, None], axis=1))
+
+        return self.score(x, t) + self.scale * jax.grad(log_py)(x)
+
+
+class ClassifierFreeGuidance(eqx.Module):
+    """(1 + w) s(x, t | y) - w s(x, t) (Ho & Salimans 2022, eq. 6)."""
+
+    cond: Any
+    uncond: Any
+    w: Array
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return (1.0 + self.w) * self.cond(x, t) - self.w * self.uncond(x, t)
+
+
+def classifier_guidance(score: ScoreFn, log_prob: LogProbFn, y: Array, scale: float = 1.0) -> ClassifierGuidance:
     """s(x, t) + scale grad_x log p_t(y | x) (Song et al. 2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1).
 
-    ``log_prob_fn(x, t) -> (B, C)`` are the log-probabilities of a noise-conditional classifier; ``y`` (B,)
-    the requested classes. scale = 1 samples p_t(x | y); scale > 1 sharpens towards p(y | x)^scale.
+    ``log_prob(x, t) -> (B, C)`` are the log-probabilities of a noise-conditional classifier (e.g.
+    ``sde_jax.classifier.log_prob_fn``); ``y`` (B,) the requested classes. scale = 1 samples p_t(x | y); scale > 1
+    sharpens towards p(y | x)^scale.
     """
-    y = jnp.asarray(y)
-
-    def guided(x: Array, t: Array) -> Array:
-        def log_py(xx):
-            lp = log_prob_fn(xx, t)
-            return jnp.sum(jnp.take_along_axis(lp, jnp.broadcast_to(y, (xx.shape[0],))[:, None], axis=1))
-
-        return score_fn(x, t) + scale * jax.grad(log_py)(x)
-
-    return guided
+    return ClassifierGuidance(score, log_prob, jnp.asarray(y), jnp.asarray(scale, jnp.float32))
 
 
-def classifier_free_guidance(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w: float) -> ScoreFn:
+def classifier_free_guidance(cond: ScoreFn, uncond: ScoreFn, w: float) -> ClassifierFreeGuidance:
     """(1 + w) s(x, t | y) - w s(x, t) (Ho & Salimans 2022, eq. 6).
 
-    w = 0 is the conditional model; w > 0 samples towards p(x | y) p(y | x)^w. With one network serving both
-    (labels dropped to a null label with probability ``p_uncond`` in training, see :func:`drop_labels`),
-    pass ``partial(model, y=y)`` and ``partial(model, y=null)`` score functions.
+    w = 0 is the conditional model; w > 0 samples towards p(x | y) p(y | x)^w. With one class-conditional network
+    trained with label dropout (:func:`sde_jax.drop_labels`), pass ``score.with_labels(y)`` and
+    ``score.with_labels(null)``.
     """
-
-    def guided(x: Array, t: Array) -> Array:
-        return (1.0 + w) * cond_score_fn(x, t) - w * uncond_score_fn(x, t)
-
-    return guided
+    return ClassifierFreeGuidance(cond, uncond, jnp.asarray(w, jnp.float32))
 
 
 # ----------------------------------------------------------------------------- replacement sampling
-def _forward_transition(sde: SDE, key: Array, x: Array, t_from, t_to) -> Array:
-    """Sample p(x_{t_to} | x_{t_from}) for t_to > t_from: a x + sqrt(sigma_to^2 - a^2 sigma_from^2) z, a = alpha_to / alpha_from."""
-    a_f, s_f = sde.alpha_sigma(t_from)
-    a_t, s_t = sde.alpha_sigma(t_to)
-    a = a_t / a_f
-    std = jnp.sqrt(jnp.maximum(s_t**2 - a**2 * s_f**2, 0.0))
-    return a * x + std * jax.random.normal(key, x.shape, x.dtype)
+@eqx.filter_jit
+def _inpaint(score, sde, key, x_known, mask, steps, n_corrector, snr, n_resample, eps, denoise):
+    ts = time_grid(sde, steps, sde.T, eps)
+    k_prior, k_loop = jax.random.split(key)
+    x = sde.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)
 
-
-def _replacement_sample(
-    score_fn: ScoreFn, sde: SDE, key: Array, x_known: Array, mask: Array, *, steps: int, n_corrector: int,
-    snr: float, n_resample: int, eps: float, denoise: bool,
-) -> Array:
-    """Reverse-diffusion predictor + Langevin corrector where, after every update, the known part
-    (mask = 1) is replaced by alpha(t) x_known + sigma(t) z, a draw from the forward marginal p_0t(. | x_known).
-    With ``n_resample`` = U > 1, each step is repeated U times, re-noising x from t_next back to t in between
-    (RePaint's resampling, which lets the unknown part harmonise with the known one).
-    """
-    ts = jnp.asarray(time_grid(sde, steps, sde.T, eps))
-    kp, kloop = jax.random.split(key)
-    x = sde.prior_sample(kp, x_known.shape)
-
-    def replace(k, x, t):
-        a, s = sde.alpha_sigma(t)
-        noisy = a * x_known + s * jax.random.normal(k, x.shape, x.dtype)
+    def project(k, x, t):  # the known part <- a draw from p_0t(. | x_known)
+        noisy = sde.marginal_sample(k, x_known, jnp.broadcast_to(t, x.shape[:1]))
         return mask * noisy + (1.0 - mask) * x
 
-    def one_step(x, k, t, t_next):
-        k1, k2, k3 = jax.random.split(k, 3)
-        x = replace(k1, x, t)
-        for j in range(n_corrector):
-            x = langevin_step(score_fn, sde, jax.random.fold_in(k2, j), x, t, snr)
-            x = replace(jax.random.fold_in(k1, j + 1), x, t)
-        x = reverse_diffusion_step(score_fn, sde, k3, x, t, t_next)
-        return x
-
-    def body(x, inp):
-        k, t, t_next = inp
-        for u in range(n_resample):
-            ku = jax.random.fold_in(k, u)
-            x = one_step(x, ku, t, t_next)
-            if u < n_resample - 1:
-                x = _forward_transition(sde, jax.random.fold_in(ku, 99), x, t_next, t)
-        return x, None
-
-    keys = jax.random.split(kloop, steps)
-    x, _ = jax.lax.scan(body, x, (keys, ts[:-1], ts[1:]))
+    corrector = functools.partial(langevin_step, snr=snr)
+    x, nfe = step_loop(score, sde, k_loop, x, ts, reverse_diffusion_step, corrector=corrector,
+                       n_corrector=n_corrector, n_resample=n_resample, project=project)
     if denoise:
-        x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps))
-    return mask * x_known + (1.0 - mask) * x
+        x, nfe = tweedie(score, sde, x, eps), nfe + 1
+    return mask * x_known + (1.0 - mask) * x, {"nfe": jnp.asarray(nfe, jnp.int32)}
 
 
 def inpaint(
-    score_fn: ScoreFn, sde: SDE, key: Array, x_known: Array, mask: Array, *, steps: int = 1000,
+    score: ScoreFn, sde: LinearSDE, key: Array, x_known: Array, mask: Array, *, steps: int = 1000,
     n_corrector: int = 1, snr: float | None = None, n_resample: int = 1, eps: float | None = None,
     denoise: bool = True,
 ) -> tuple[Array, dict]:
     """Sample the unknown part of ``x_known`` (``mask`` = 1 where known, broadcastable to x) given the rest.
 
-    Returns (samples, info): known values are returned exactly; ``info["nfe"]`` counts score evaluations.
-    ``n_resample = 1`` is score_sde's replacement inpainting; U > 1 adds RePaint's resampling, and more
-    ``n_corrector`` steps give the corrector more time to mix, both making the conditional more exact.
+    Predictor-corrector sampling (reverse-diffusion predictor, ``n_corrector`` Langevin steps with ``snr``, default
+    ``sde.corrector_snr``; ``steps`` uniform steps from T to ``eps``, default ``sde.eps``) in which the known part
+    is replaced, after every update, by alpha(t) x_known + sigma(t) z. ``n_resample = 1`` is score_sde's replacement
+    inpainting; U > 1 repeats each step U times, re-noising from t_next back to t in between (RePaint), which lets
+    the unknown part agree with the known one. Returns (samples, info): the known values exactly;
+    ``info["nfe"]`` (int32) = steps U (1 + n_corrector) + denoise. Compiled once per shape and options.
     """
     x_known = jnp.asarray(x_known)
     if x_known.ndim < 2:
         raise ValueError(f"x_known must be batched (B, *data_shape); got shape {x_known.shape}.")
-    mask = jnp.broadcast_to(jnp.asarray(mask, x_known.dtype), x_known.shape)
-    if not bool(jnp.all((mask == 0) | (mask == 1))):
+    try:
+        mask = jnp.broadcast_to(jnp.asarray(mask, x_known.dtype), x_known.shape)
+    except ValueError:
+        raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to x_known's {x_known.shape}.") from None
+    if not isinstance(mask, jax.core.Tracer) and not np.all((np.asarray(mask) == 0) | (np.asarray(mask) == 1)):
         raise ValueError("mask must hold only 0 (unknown) and 1 (known).")
-    for name, v in (("steps", steps), ("n_resample", n_resample)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {v}.")
-    if n_corrector < 0:
-        raise ValueError(f"n_corrector must be >= 0; got {n_corrector}.")
-    snr = (0.16 if sde.name == "ve" else 0.01) if snr is None else snr
+    for name, v, low in (("steps", steps, 1), ("n_resample", n_resample, 1), ("n_corrector", n_corrector, 0)):
+        if isinstance(v, bool) or int(v) != v or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {v}.")
+    snr = sde.corrector_snr if snr is None else snr
+    if not snr > 0:
+        raise ValueError(f"snr must be > 0; got {snr}. Pass n_corrector=0 to drop the corrector.")
     eps = sde.eps if eps is None else eps
-    run = jax.jit(lambda k, xk, m: _replacement_sample(
-        score_fn, sde, k, xk, m, steps=steps, n_corrector=n_corrector, snr=snr, n_resample=n_resample, eps=eps,
-        denoise=denoise))
-    x = run(key, x_known, mask)
-    nfe = steps * n_resample * (1 + n_corrector) + int(denoise)
-    return x, {"nfe": nfe}
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T}); got {eps}.")
+    if not isinstance(denoise, bool):
+        raise ValueError(f"denoise must be True or False; got {denoise!r}.")
+    return _inpaint(score, sde, key, x_known, mask, int(steps), int(n_corrector), float(snr), int(n_resample),
+                    float(eps), denoise)
 
 
 def decoupling_matrix(channels: int = 3) -> np.ndarray:
@@ -153,23 +145,28 @@ def decoupling_matrix(channels: int = 3) -> np.ndarray:
     return (q if q[0, 0] > 0 else -q).astype(np.float32)
 
 
-def colorize(
-    score_fn: ScoreFn, sde: SDE, key: Array, gray: Array, **options
-) -> tuple[Array, dict]:
+class _Decoupled(eqx.Module):
+    """The score in the decoupled colour basis y = M x (M orthogonal, acting on the last axis): M s(M^T y, t)."""
+
+    score: Any
+    m: Array
+
+    def __call__(self, y: Array, t: Array) -> Array:
+        x = jnp.einsum("ji,...j->...i", self.m, y)
+        return jnp.einsum("ij,...j->...i", self.m, self.score(x, t))
+
+
+def colorize(score: ScoreFn, sde: LinearSDE, key: Array, gray: Array, **options) -> tuple[Array, dict]:
     """Colour images whose channel mean is ``gray`` (B, H, W, 1), as (B, H, W, C) with C = 3.
 
-    In the decoupled basis y = M x (M orthogonal, :func:`decoupling_matrix`) the first channel is known,
-    y_0 = sqrt(C) gray, so colourisation is inpainting of y with the score M s(M^T y, t). Options as in
-    :func:`inpaint`.
+    In the decoupled basis y = M x (:func:`decoupling_matrix`) the first channel is known, y_0 = sqrt(C) gray,
+    so colourisation is inpainting of y with the score M s(M^T y, t). Options as in :func:`inpaint`.
     """
     gray = jnp.asarray(gray)
     if gray.ndim != 4 or gray.shape[-1] != 1:
         raise ValueError(f"gray must be (B, H, W, 1); got shape {gray.shape}.")
     m = jnp.asarray(decoupling_matrix(3))
-    to_y = lambda x: jnp.einsum("ij,...j->...i", m, x)
-    to_x = lambda y: jnp.einsum("ji,...j->...i", m, y)
-    score_y = lambda y, t: to_y(score_fn(to_x(y), t))
     y_known = jnp.concatenate([jnp.sqrt(3.0) * gray, jnp.zeros(gray.shape[:-1] + (2,), gray.dtype)], axis=-1)
     mask = jnp.asarray([1.0, 0.0, 0.0], gray.dtype)
-    y, info = inpaint(score_y, sde, key, y_known, mask, **options)
-    return to_x(y), info
+    y, info = inpaint(_Decoupled(score, m), sde, key, y_known, mask, **options)
+    return jnp.einsum("ji,...j->...i", m, y), info

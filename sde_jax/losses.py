@@ -1,4 +1,5 @@
-"""Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) and the jit-compiled train step.
+"""Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) and VDM's continuous-time ELBO (Kingma et al.
+2021; the terms in ``sde_jax.vdm``).
 
 Every loss has the signature ``loss_fn(params, x0, keys, y=None) -> (loss, aux)`` with one PRNG key per example
 (``keys`` of shape (B,)) and, for class-conditional networks ``model_apply(params, x, t, y)``, integer labels y. Drawing each example's noise from its own key makes the loss independent of how a
@@ -10,23 +11,17 @@ network parameterisation ("eps", "x0", ...) serves training and sampling.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
-from sde_jax.score import ModelApply, score_fn
-from sde_jax.sde import SDE, VESDE, VPSDE, batch_broadcast
+from sde_jax import vdm
+from sde_jax.score import PARAMETERIZATIONS, ModelApply, score_fn
+from sde_jax.sde import LinearSDE, batch_broadcast
 
 Array = jax.Array
 LossFn = Callable[..., tuple[Array, dict]]
-
-
-def example_keys(key: Array, batch_size: int, offset: Array | int = 0) -> Array:
-    """One key per example: fold_in(key, offset + i) for i < batch_size (global example index)."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, offset + jnp.arange(batch_size))
 
 
 def _reduce(x: Array, reduce_mean: bool) -> Array:
@@ -35,7 +30,7 @@ def _reduce(x: Array, reduce_mean: bool) -> Array:
     return jnp.mean(x, axis=-1) if reduce_mean else jnp.sum(x, axis=-1)
 
 
-def _split_noise(keys: Array, x0: Array) -> tuple[Array, Array]:
+def example_noise(keys: Array, x0: Array) -> tuple[Array, Array]:
     """Per-example (u in [0, 1), z ~ N(0, I)) from per-example keys."""
     if keys.shape[:1] != x0.shape[:1]:
         raise ValueError(f"need one key per example: keys {keys.shape} for a batch of shape {x0.shape}.")
@@ -74,29 +69,9 @@ def _network(model_apply: ModelApply, keys: Array, y: Array | None, p_uncond: fl
     return model_apply, y
 
 
-def sample_importance_time(sde: SDE, u: Array, eps: float, iters: int = 40) -> Array:
-    """Invert the CDF of p(t) proportional to g(t)^2 / sigma(t)^2 on [eps, T] by bisection.
-
-    p(t) = (g^2 / sigma^2) / Z with Z = F(T) - F(eps), F = ``sde.cum_likelihood_weight`` (closed form);
-    t solves F(t) = F(eps) + u Z. Song, Durkan, Murray & Ermon (2021), Sec. 5.
-    """
-    f_lo, f_hi = sde.cum_likelihood_weight(eps), sde.cum_likelihood_weight(sde.T)
-    target = f_lo + u * (f_hi - f_lo)
-    lo, hi = jnp.full_like(u, eps), jnp.full_like(u, sde.T)
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = sde.cum_likelihood_weight(mid) < target
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
-    return 0.5 * (lo + hi)
-
-
 def dsm_loss(
     model_apply: ModelApply,
-    sde: SDE,
+    sde: LinearSDE,
     parameterization: str = "eps",
     *,
     weighting: str = "score_matching",
@@ -114,7 +89,7 @@ def dsm_loss(
     ``weighting="score_matching"``: lambda = sigma^2, i.e. || sigma s + z ||^2 (score_sde's default).
     ``weighting="likelihood"``: lambda = g^2, which makes L an upper bound on the NLL up to constants
     (Song, Durkan, Murray & Ermon 2021). With ``importance_sampling`` t ~ p(t) prop. to g^2 / sigma^2 and
-    the loss is Z || sigma s + z ||^2 (same expectation, far lower variance; Z = F(T) - F(eps)).
+    the loss is Z || sigma s + z ||^2 (same expectation, far lower variance; ``sde.likelihood_time``).
     ``reduce_mean`` averages over data dimensions instead of summing. The loss is the batch mean.
     With labels y, each is replaced by ``null_label`` with probability ``p_uncond`` (classifier-free guidance
     training); ``dropout`` runs the network with ``train=True`` and a dropout key.
@@ -128,20 +103,18 @@ def dsm_loss(
         raise ValueError(f"eps must lie in (0, T={sde.T}); got {t_min}.")
 
     def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
-        u, z = _split_noise(keys, x0)
+        u, z = example_noise(keys, x0)
         net, y = _network(model_apply, keys, y, p_uncond, null_label, dropout)
         if importance_sampling:
-            t = sample_importance_time(sde, u, t_min)
+            t, z_norm = sde.likelihood_time(u, t_min)
         else:
             t = t_min + u * (sde.T - t_min)
-        alpha, sigma = sde.alpha_sigma(t)
-        xt = batch_broadcast(alpha, x0) * x0 + batch_broadcast(sigma, x0) * z
+        xt = sde.marginal_sample(None, x0, t, noise=z)
         s = score_fn(net, params, sde, parameterization, y)(xt, t)
-        sig = batch_broadcast(sigma, x0)
+        sig = batch_broadcast(sde.alpha_sigma(t)[1], x0)
         if weighting == "score_matching":
             per_example = _reduce((sig * s + z) ** 2, reduce_mean)
         elif importance_sampling:
-            z_norm = sde.cum_likelihood_weight(sde.T) - sde.cum_likelihood_weight(t_min)
             per_example = z_norm * _reduce((sig * s + z) ** 2, reduce_mean)
         else:
             per_example = sde.diffusion(t) ** 2 * _reduce((s + z / sig) ** 2, reduce_mean)
@@ -151,39 +124,24 @@ def dsm_loss(
 
 
 def discrete_loss(
-    model_apply: ModelApply, sde: SDE, parameterization: str = "eps", *, reduce_mean: bool = True,
+    model_apply: ModelApply, sde: LinearSDE, parameterization: str = "eps", *, reduce_mean: bool = True,
     p_uncond: float = 0.0, null_label: int | None = None, dropout: bool = False,
 ) -> LossFn:
-    """The discrete DDPM (VP) and SMLD/NCSN (VE) losses over N noise levels.
+    """Denoising score matching over the N levels of the SDE's discrete chain (``sde.discrete_alpha_sigma``).
 
-    i ~ U{0, ..., N-1}, x_i = a_i x0 + s_i z, loss = || s_i s(x_i, t_i) + z ||^2 with t_i = i T / (N - 1) and
-    DDPM: a_i = sqrt(alpha-bar_i), s_i = sqrt(1 - alpha-bar_i)  (Ho et al. 2020, eq. 14: the eps-MSE)
-    SMLD: a_i = 1, s_i = sigma_i                                (Song & Ermon 2019, eq. 5 with lambda = sigma^2)
+    i ~ U{0, ..., N-1}, x_i = a_i x0 + s_i z, loss = || s_i s(x_i, t_i) + z ||^2 with t_i = i T / (N - 1); for
+    DDPM (VP): a_i = sqrt(alpha-bar_i), s_i = sqrt(1 - alpha-bar_i)  (Ho et al. 2020, eq. 14: the eps-MSE)
+    SMLD (VE): a_i = 1, s_i = sigma_i                               (Song & Ermon 2019, eq. 5 with lambda = sigma^2)
+    Any other SDE: its schedule at t_i.
 
     Labels, ``p_uncond`` and ``dropout`` as in :func:`dsm_loss`.
     """
-    if isinstance(sde, VPSDE):
-
-        def coefs(i):
-            abar = sde.discrete_alphas_cumprod[i]
-            return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-
-    elif isinstance(sde, VESDE):
-
-        def coefs(i):
-            return jnp.ones_like(i, jnp.float32), sde.discrete_sigmas[i]
-
-    else:
-        raise ValueError(
-            f"the discrete losses are DDPM (VPSDE) and SMLD (VESDE); got {type(sde).__name__}. "
-            "Use dsm_loss (continuous time) for sub-VP."
-        )
 
     def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
-        u, z = _split_noise(keys, x0)
+        u, z = example_noise(keys, x0)
         net, y = _network(model_apply, keys, y, p_uncond, null_label, dropout)
         i = jnp.minimum((u * sde.N).astype(jnp.int32), sde.N - 1)
-        a, s = coefs(i)
+        a, s = sde.discrete_alpha_sigma(i)
         xt = batch_broadcast(a, x0) * x0 + batch_broadcast(s, x0) * z
         t = sde.discrete_time(i)
         score = score_fn(net, params, sde, parameterization, y)(xt, t)
@@ -193,84 +151,66 @@ def discrete_loss(
     return loss_fn
 
 
-# ------------------------------------------------------------------------------------ training
-@flax.struct.dataclass
-class TrainState:
-    """Everything a training step changes: step, params, optimizer state and the EMA of params."""
+def vdm_loss(
+    model_apply: ModelApply, sde: LinearSDE, parameterization: str = "eps", *, num_bins: int = 256,
+    antithetic: bool = True, group: int = 8, p_uncond: float = 0.0, null_label: int | None = None,
+    dropout: bool = False,
+) -> LossFn:
+    """VDM's negative ELBO of discrete data in bits/dim (Kingma et al. 2021, eqs. 11-17; ``sde_jax.vdm``):
 
-    step: Array
-    params: Any
-    opt_state: Any
-    ema_params: Any
+        L(x) = [ KL(q(z_T | x) || N(0, I)) - log p(x | z_0) + T/2 (-lambda'(t)) || eps - eps_hat(z_t, t) ||^2 ]
+               / (D ln 2),   t ~ U[0, T],   eps_hat = -sigma_t s(z_t, t),
 
+    with VDM's discretised decoder over ``num_bins`` bins at t = 0. x0 must be the bin centres
+    2 (k + 1/2) / K - 1 (``to_model_scale`` without dequantisation: ``data.dequantize=False``). The loss is the
+    batch mean; aux holds the per-example terms ``prior``, ``reconstruction``, ``diffusion`` (bits/dim),
+    ``per_example`` (their sum) and ``t``.
 
-def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """Step 0, with the EMA initialised to the parameters."""
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), params)
+    ``antithetic``: t stratified over consecutive groups of ``group`` examples (``vdm.draw_times``; the same
+    times on n devices as on one while ``group`` divides the per-device batch), else t uniform per example.
 
-
-def make_optimizer(
-    lr: float = 2e-4, *, warmup: int = 5000, grad_clip: float = 1.0, beta1: float = 0.9, eps: float = 1e-8,
-    weight_decay: float = 0.0, decay_steps: int = 0,
-) -> optax.GradientTransformation:
-    """score_sde's optimiser: clip the global norm to ``grad_clip`` (if > 0), then Adam(W) with a linear warm-up
-    lr * min(step / warmup, 1); with ``decay_steps > 0`` the rate then follows a cosine to 0 at ``decay_steps``."""
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0; got {lr}.")
-    if decay_steps and decay_steps <= warmup:
-        raise ValueError(f"decay_steps={decay_steps} must exceed warmup={warmup} (or be 0 for a constant rate).")
-    if decay_steps:
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, decay_steps, 0.0)
-    else:
-        schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
-    adam = optax.adamw(schedule, b1=beta1, eps=eps, weight_decay=weight_decay)
-    return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip > 0 else adam
-
-
-class StepOutput(NamedTuple):
-    state: TrainState
-    metrics: dict
-
-
-def make_train_step(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float = 0.999,
-    axis_name: str | None = None, skip_nonfinite: bool = False,
-) -> Callable[[TrainState, Array, Array], StepOutput]:
-    """``train_step(state, batch, key) -> (state, metrics)``; pure, for ``jax.jit`` or ``jax.pmap``.
-
-    ``batch`` is the data x0 (B, ...) or, for class-conditional training, a dict ``{"x": x0, "y": labels}``.
-
-    Example i of the global batch gets noise from fold_in(key, i): under ``pmap`` with ``axis_name`` the
-    device offset is axis_index * local_batch, and gradients and metrics are ``pmean``-ed, so N devices
-    reproduce one device on the same global batch. EMA: ema <- d ema + (1 - d) params with the warmed-up
-    decay d = min(ema_decay, (1 + step) / (10 + step)) (TensorFlow's ExponentialMovingAverage), so short runs
-    are not dominated by the initial parameters.
-    ``metrics["finite"]`` says whether loss and gradients were finite; with ``skip_nonfinite`` such a step
-    leaves params, optimizer state and EMA unchanged (the step counter still advances).
+    A trainable ``sde`` (``sj.LearnedVDMSDE``, the initial schedule) trains inside the parameters,
+    ``params = {"net": ..., "schedule": ...}`` (``sde_jax.train.step.init_params(model, key, example, sde)``):
+    the network reads the trained schedule's normalised log-SNR (``vdm.LogSNRTime``), the schedule's end points
+    get the ELBO's gradient and its shape the gradient of the mean squared diffusion term, i.e. of the
+    estimator's variance (``vdm.with_variance_gradient``). A fixed ``sde`` needs a finite log-SNR at 0 and T
+    (``sj.VDMSDE``); its network reads t. Labels, ``p_uncond`` and ``dropout`` as in :func:`dsm_loss`.
     """
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}.")
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
+    lam0, lam1 = vdm.check_schedule(sde)
+    if int(num_bins) != num_bins or num_bins < 2:
+        raise ValueError(f"num_bins must be an integer >= 2; got {num_bins}.")
+    if antithetic and (int(group) != group or group < 1):
+        raise ValueError(f"group must be a positive integer; got {group}.")
+    learned = vdm.is_trainable(sde)
+    net_time = vdm.LogSNRTime(model_apply, lam0, lam1).time if learned else None
 
-    def train_step(state: TrainState, batch: Array | dict, key: Array) -> StepOutput:
-        x0, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch, None)
-        b = x0.shape[0]
-        offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
-        keys = example_keys(key, b, offset)
-        labels = () if y is None else (y,)  # unconditional losses may take (params, x0, keys) only
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, keys, *labels)
-        if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
-            loss = jax.lax.pmean(loss, axis_name)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        if skip_nonfinite:
-            kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-            new = kept.replace(step=state.step + 1)
-        return StepOutput(new, {"loss": loss, "grad_norm": grad_norm, "finite": finite})
+    def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
+        if keys.shape[:1] != x0.shape[:1]:
+            raise ValueError(f"need one key per example: keys {keys.shape} for a batch of shape {x0.shape}.")
 
-    return train_step
+        def draw(k):
+            ku, k0, ke = jax.random.split(k, 3)
+            normal = lambda kk: jax.random.normal(kk, x0.shape[1:], x0.dtype)
+            return jax.random.uniform(ku, ()), normal(k0), normal(ke)
+
+        u, eps0, eps = jax.vmap(draw)(keys)
+        t = vdm.draw_times(u, antithetic, group) * sde.T
+        net, y = _network(model_apply, keys, y, p_uncond, null_label, dropout)
+        labels = () if y is None else (y,)
+
+        def terms_fn(net_params, sv):
+            time = t if net_time is None else net_time(sv.lam)
+            eps_hat = lambda z, v: vdm.eps_from_output(net(net_params, z, time, *labels), z, v, parameterization)
+            return vdm.elbo_terms(eps_hat, sv, x0, eps0, eps, num_bins, sde.T, sde.prior_std)
+
+        if learned:
+            net_params, schedule = vdm.split_params(params)
+            terms = vdm.with_variance_gradient(terms_fn, net_params, schedule, t)
+        else:
+            terms = terms_fn(params, vdm.schedule_at(sde, t))
+        per_example = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+        return jnp.mean(per_example), {**terms, "per_example": per_example, "t": t}
+
+    return loss_fn

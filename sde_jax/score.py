@@ -13,17 +13,20 @@ parameterization  network predicts                  score
 ============== ================================ =====================================================
 
 The network is any ``model_apply(params, x, t) -> array shaped like x`` with t of shape (B,)
-(times in [0, T]; networks embed t themselves).
+(times in [0, T]; networks embed t themselves). :func:`score_fn` wraps it as a :class:`ScoreModel`, the pytree every
+sampler, likelihood and guidance transform takes; anywhere a score is taken, a plain function ``score(x, t)`` works
+too (exact scores in tests), but only the pytree form is a jit argument rather than a compile-time constant.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from sde_jax.sde import SDE, batch_broadcast, check_batch
+from sde_jax.sde import LinearSDE, batch_broadcast, check_batch
 
 Array = jax.Array
 ModelApply = Callable[[Any, Array, Array], Array]
@@ -47,33 +50,61 @@ def output_to_score(out: Array, x: Array, alpha: Array, sigma: Array, parameteri
     raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
 
 
-def score_fn(model_apply: ModelApply, params: Any, sde: SDE, parameterization: str = "eps",
-             y: Array | None = None) -> ScoreFn:
-    """Turn a network into ``score_fn(x, t)``: x of shape (B, *data_shape), t scalar or (B,).
+class ScoreModel(eqx.Module):
+    """The score s(x, t) of a network, as a pytree: the parameters (and labels) are leaves; the apply function and
+    the parameterisation are static, and the SDE is a pytree of its own (leaves only for a learned schedule).
 
-    Returns an array shaped like x. Pure: closes over ``params``, ``sde`` and, for a class-conditional network
-    ``model_apply(params, x, t, y)``, the labels ``y`` (B,) (the network's null label gives the unconditional
-    score).
+    Passed to a jitted sampler or likelihood as an argument, new weights of the same shapes reuse the compiled
+    program and never become XLA constants. ``y`` (B,) are labels for a class-conditional network
+    ``apply(params, x, t, y)`` (the network's null label gives the unconditional score).
     """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
 
-    def fn(x: Array, t: Array) -> Array:
+    params: Any
+    sde: LinearSDE
+    y: Array | None = None
+    apply: ModelApply = eqx.field(static=True, kw_only=True)
+    parameterization: str = eqx.field(static=True, kw_only=True)
+
+    def __check_init__(self):
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"unknown parameterization {self.parameterization!r}; choose one of {PARAMETERIZATIONS}.")
+
+    def output(self, x: Array, t: Array) -> Array:
+        """The raw network output at (x, t) (t broadcast to (B,))."""
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(float)), (x.shape[0],))
+        out = self.apply(self.params, x, t) if self.y is None else self.apply(self.params, x, t, self.y)
+        if out.shape != x.shape:
+            raise ValueError(f"the network returned shape {out.shape} for input {x.shape}; they must match.")
+        return out.astype(x.dtype)
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        """s(x, t): x of shape (B, *data_shape), t scalar or (B,) -> array shaped like x."""
         t = jnp.asarray(t, jnp.result_type(float))
         check_batch(x, t)
         t = jnp.broadcast_to(t, (x.shape[0],))
-        alpha, sigma = sde.alpha_sigma(t)
-        out = model_apply(params, x, t) if y is None else model_apply(params, x, t, y)
-        if out.shape != x.shape:
-            raise ValueError(f"the network returned shape {out.shape} for input {x.shape}; they must match.")
-        return output_to_score(
-            out.astype(x.dtype), x, batch_broadcast(alpha, x), batch_broadcast(sigma, x), parameterization
-        )
+        alpha, sigma = self.sde.alpha_sigma(t)
+        return output_to_score(self.output(x, t), x, batch_broadcast(alpha, x), batch_broadcast(sigma, x),
+                               self.parameterization)
 
-    return fn
+    def with_labels(self, y: Array | None) -> "ScoreModel":
+        """The same model conditioned on labels ``y`` (None: an unconditional network)."""
+        return ScoreModel(self.params, self.sde, None if y is None else jnp.asarray(y), apply=self.apply,
+                          parameterization=self.parameterization)
 
 
-def denoise(sde: SDE, score: ScoreFn, x: Array, t: Array) -> Array:
+def score_fn(model_apply: ModelApply, params: Any, sde: LinearSDE, parameterization: str = "eps",
+             y: Array | None = None) -> ScoreModel:
+    """The :class:`ScoreModel` of a network ``model_apply(params, x, t[, y]) -> array shaped like x``.
+
+    Call it as ``score(x, t)``: x of shape (B, *data_shape), t scalar or (B,). ``y`` (B,) are labels for a
+    class-conditional network.
+    """
+    return ScoreModel(params, sde, None if y is None else jnp.asarray(y), apply=model_apply,
+                      parameterization=parameterization)
+
+
+def denoise(score: ScoreFn, sde: LinearSDE, x: Array, t: Array) -> Array:
     """Tweedie's formula: E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t)."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(float)), (x.shape[0],))
     alpha, sigma = sde.alpha_sigma(t)

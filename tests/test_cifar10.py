@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import cifar10
-from sde_jax.losses import init_train_state, make_train_step
-from sde_jax.train.loop import init_params, loss_from_config, model_from_config, optimizer_from_config, sde_from_config
+from sde_jax.config import loss_from_config, model_from_config, optimizer_from_config, sde_from_config
+from sde_jax.train.step import init_params, init_train_state, make_train_step
 
 # score_sde configs/ (yang-song/score_sde): preset -> (sde, continuous, ema_rate, n_iters, reduce_mean, centered,
 # model.name, num_res_blocks, fir, progressive_input, embedding, sampler (method, predictor, corrector steps))
@@ -183,12 +183,10 @@ def test_main_end_to_end_on_random_data(tmp_path, monkeypatch):
     """``main`` of the DDPM preset (discrete loss, ancestral sampler) at width 8: 2 steps, a sample grid, loss plot
     and eval.json, with ``load_images`` replaced by random uint8 data (no tensorflow-datasets). Bits/dim are off:
     compiling the PF-ODE likelihood costs minutes of CPU here, and ``experiments.mnist.test_bpd`` is MNIST's."""
-    import experiments.mnist
-
     rng = np.random.default_rng(0)
     data = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
             for s, n in (("train", 16), ("test", 4))}
-    monkeypatch.setattr(experiments.mnist, "load_images", lambda name, split, data_dir=None: data[split])
+    monkeypatch.setattr(cifar10, "load_images", lambda name, split, data_dir=None, shape=None: data[split])
     c = _tiny("ddpm", ch_mult=(1,))
     c.train.update(steps=2, batch_size=4, checkpoint_every=2, log_every=1)
     c.sample.update(num=4, steps=3, every=2)

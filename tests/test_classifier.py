@@ -4,14 +4,16 @@ Parameters come from numpy (``random_params``), not from ``Module.init``: compil
 seconds per parameter on this CPU, far more than the tests themselves.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import sde_jax as sj
-from sde_jax.classifier import classifier_loss, features, log_prob_fn, noisy_classifier_loss
-from sde_jax.losses import example_keys, init_train_state, make_optimizer, make_train_step
+from sde_jax.classifier import classifier_loss, log_prob_fn, noisy_classifier_loss
+from sde_jax.eval import features
+from sde_jax.train.step import example_keys, init_train_state, make_optimizer, make_train_step
 from sde_jax.nn import Classifier, build_model
 
 
@@ -61,7 +63,8 @@ def test_log_prob_fn_normalised_and_plugs_into_guidance():
     lp = log_prob_fn(nc_apply, NC_P)
     np.testing.assert_allclose(jnp.exp(lp(X, T)).sum(-1), 1.0, rtol=1e-5)
     y = jnp.array([0, 1, 2])
-    guided = jax.jit(sj.classifier_guidance(lambda x, t: jnp.zeros_like(x), lp, y, scale=2.0))(X, T)
+    guide = sj.classifier_guidance(lambda x, t: jnp.zeros_like(x), lp, y, scale=2.0)  # a pytree: a jit argument
+    guided = eqx.filter_jit(lambda g, x, t: g(x, t))(guide, X, T)
     # grad_x of sum_i log p(y_i | x_i): each example's gradient is its own log p(y_i | x_i)'s
     want = jax.jit(jax.vmap(jax.grad(lambda xi, ti, yi: lp(xi[None], ti[None])[0, yi])))(X, T, y)
     np.testing.assert_allclose(guided, 2.0 * want, rtol=1e-4, atol=1e-6)

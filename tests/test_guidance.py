@@ -89,7 +89,7 @@ def test_inpainting_against_exact_conditional(inpainting_case, n_corrector, n_re
         assert dist > 4 * floor, (dist, floor)  # the documented bias of plain replacement
     else:
         assert dist < 3 * floor, (dist, floor)
-    assert info["nfe"] == 200 * n_resample * (1 + n_corrector) + 1
+    assert info["nfe"].dtype == jnp.int32 and int(info["nfe"]) == 200 * n_resample * (1 + n_corrector) + 1
 
 
 def test_colorize_keeps_gray_level():
@@ -111,3 +111,7 @@ def test_inpaint_errors():
         inpaint(score, SDE, jax.random.key(0), jnp.zeros((2, 2)), jnp.full((2,), 0.5))
     with pytest.raises(ValueError, match="steps must be an integer"):
         inpaint(score, SDE, jax.random.key(0), jnp.zeros((2, 2)), jnp.ones(2), steps=0)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        inpaint(score, SDE, jax.random.key(0), jnp.zeros((2, 2)), jnp.ones(3))
+    with pytest.raises(ValueError, match="snr must be > 0"):
+        inpaint(score, SDE, jax.random.key(0), jnp.zeros((2, 2)), jnp.ones(2), snr=0.0)

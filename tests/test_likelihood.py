@@ -1,14 +1,16 @@
-"""Likelihood: PF-ODE log-density, Hutchinson, ELBO, bits/dim and data-set evaluation, against closed forms.
+"""Likelihood: PF-ODE log-density, Hutchinson, ELBO, bits/dim and data-set evaluation, against closed forms;
+compilation: one program per score structure, new weights of a ScoreModel reuse it.
 
 Gaussian mixtures give the exact score and the exact log p_t under every linear SDE (sde_jax.gmm), so every
 number here is checked against truth. Mixtures are centred with scale ~1 so the N(0, I) prior mismatch at T is
-negligible (DESIGN.md, known traps); VE uses sigma_max = 50 >> data scale.
+negligible (the N(0, I) prior at T differs from the true marginal by ~1e-2 nats for data far from
+the origin); VE uses sigma_max = 50 >> data scale.
 """
 
+import contextlib
 import functools
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,8 @@ from jax.scipy.stats import norm
 
 import sde_jax as sj
 from sde_jax import likelihood as lik
+from sde_jax.elbo import gaussian_kl_to_prior
+from sde_jax.nn import ScoreMLP
 
 EPS = 1e-5
 SDES = {"vp": sj.VPSDE(), "subvp": sj.SubVPSDE(), "ve": sj.VESDE(sigma_min=0.01, sigma_max=50.0)}
@@ -57,6 +61,22 @@ def cheap():
     x = 0.5 * jax.random.normal(jax.random.key(31), (10, 2))
     truth = sj.isotropic_mixture([[0.0, 0.0]], 0.5).diffuse(sde, EPS).log_prob(x)
     return gaussian_score(sde), sde, x, truth
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """A list that collects one entry per XLA backend compilation inside the ``with`` block."""
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if "backend_compile" in event:
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(scope="module")
@@ -108,24 +128,46 @@ def test_nfe_counts_network_evaluations(cheap):
         jax.debug.callback(lambda: calls.append(1))
         return exact(x, t)
 
-    for solver in (diffrax.Tsit5(), diffrax.Dopri5()):
+    for solver in ("tsit5", "dopri5", "heun"):  # FSAL (+1 once) and not
         calls.clear()
         _, info = sj.log_likelihood(counting_score, sde, x, jax.random.key(0), solver=solver)
         jax.block_until_ready(info["nfe"])
-        assert int(info["nfe"]) == len(calls), (type(solver).__name__, int(info["nfe"]), len(calls))
+        assert info["nfe"].dtype == jnp.int32
+        assert int(info["nfe"]) == len(calls), (solver, int(info["nfe"]), len(calls))
 
 
 def test_second_call_does_not_recompile(cheap):
     sf, sde, x, _ = cheap
     sj.log_likelihood(sf, sde, x, jax.random.key(0))[0].block_until_ready()
-    before = lik._log_likelihood_jit._cache_size()
-    # new data values, key, eps and tolerances: all traced, so no new compilation
-    sj.log_likelihood(sf, sde, x + 0.1, jax.random.key(1), eps=2e-5, rtol=1e-4, atol=1e-4)[0].block_until_ready()
-    assert lik._log_likelihood_jit._cache_size() == before
+    x2, key2 = x + 0.1, jax.random.key(1)  # made outside the count: the addition compiles a program of its own
+    with count_compiles() as compiles:
+        # new data values, key, eps and tolerances: all traced, so no new compilation
+        sj.log_likelihood(sf, sde, x2, key2, eps=2e-5, rtol=1e-4, atol=1e-4)[0].block_until_ready()
+    assert compiles == []
 
 
-def test_whole_call_jit_with_params_argument(cheap):
-    """The documented no-recompile recipe for changing parameters: jit the call with the parameters as input."""
+def test_new_weights_of_a_score_model_do_not_recompile():
+    """A ScoreModel is an argument of the compiled solve: new parameters of the same shapes reuse the program
+    (so they are not baked in as constants) and change the answer."""
+    sde = SDES["vp"]
+    net = ScoreMLP(width=16, depth=1, embed_dim=8)
+    x = 0.5 * jax.random.normal(jax.random.key(0), (4, 2))
+    params = net.init(jax.random.key(1), x, jnp.ones((4,)))
+    first, second = (sj.score_fn(net.apply, jax.tree.map(lambda p: p + 0.05 * i, params), sde) for i in (0, 1))
+    key = jax.random.key(2)
+    kw = dict(rtol=1e-3, atol=1e-3)
+    with count_compiles() as compiles:
+        lp1, _ = sj.log_likelihood(first, sde, x, key, **kw)
+    assert compiles  # the listener sees compilations
+    with count_compiles() as compiles:
+        lp2, _ = sj.log_likelihood(second, sde, x, key, **kw)
+        jax.block_until_ready(lp2)
+    assert compiles == []
+    assert float(jnp.max(jnp.abs(lp1 - lp2))) > 1e-3
+
+
+def test_composes_with_an_outer_jit(cheap):
+    """Inside a caller's jit the data checks that need concrete values are skipped; the result is the same."""
     _, sde, x, truth = cheap
 
     @jax.jit
@@ -182,7 +224,11 @@ def test_invalid_inputs_raise_before_work(cheap):
     with pytest.raises(ValueError, match="n_probes"):
         sj.log_likelihood(sf, sde, x, key, n_probes=0)
     with pytest.raises(ValueError, match="solver"):
-        sj.log_likelihood(sf, sde, x, key, solver=diffrax.Kvaerno5())
+        sj.log_likelihood(sf, sde, x, key, solver="kvaerno5")
+    with pytest.raises(ValueError, match="error estimate"):
+        sj.log_likelihood(sf, sde, x, key, solver="euler")
+    with pytest.raises(ValueError, match="norm"):
+        sj.log_likelihood(sf, sde, x, key, norm="max")
     with pytest.raises(ValueError, match="floating"):
         sj.log_likelihood(sf, sde, jnp.zeros((4, 2), jnp.int32), key)
     with pytest.raises(ValueError, match="NaN"):
@@ -192,15 +238,6 @@ def test_invalid_inputs_raise_before_work(cheap):
 
 
 # ---------------------------------------------------------------------------------------------- ELBO
-def test_importance_time_inverts_cumulative_weight():
-    u = jnp.linspace(0.0, 1.0, 101)
-    for sde in SDES.values():
-        t, z = jax.jit(lik.importance_time, static_argnums=(0, 2))(sde, u, EPS)
-        f0 = sde.cum_likelihood_weight(EPS)
-        np.testing.assert_allclose(sde.cum_likelihood_weight(t), f0 + u * z, rtol=1e-5, atol=1e-4)
-        assert float(t.min()) >= EPS and float(t.max()) <= sde.T
-
-
 def test_prior_kl_closed_form():
     sde = SDES["vp"]
     x = jnp.array([[0.5, -1.0, 2.0]])
@@ -209,7 +246,7 @@ def test_prior_kl_closed_form():
     xt = alpha * x + sigma * z
     entropy = 1.5 * math.log(2 * math.pi * math.e * float(sigma) ** 2)
     mc = -float(jnp.mean(sde.prior_logp(xt))) - entropy
-    np.testing.assert_allclose(float(lik.gaussian_kl_to_prior(sde, x)[0]), mc, atol=1e-2)
+    np.testing.assert_allclose(float(gaussian_kl_to_prior(sde, x)[0]), mc, atol=1e-2)
 
 
 @pytest.mark.parametrize("name,form", [("vp", "dsm"), ("subvp", "ism"), ("ve", "dsm")])
@@ -297,7 +334,7 @@ def test_bpd_of_discretised_gaussian(discrete_gaussian_data, data_range):
 
     def batch_fn(x, key):
         """PF-ODE log-likelihood with the exact marginal at T in place of the N(0, I) prior, which would differ
-        by up to 1e-2 nats per example for data centred at 0.5 (DESIGN.md, known traps)."""
+        by up to 1e-2 nats per example for data centred at 0.5."""
         logp, info = sj.log_likelihood(sf, sde, x, key, divergence="exact")
         return p_T.log_prob(info["z"]) + info["delta_logp"], info
 
@@ -375,7 +412,28 @@ def test_log_density_is_error_controlled_in_image_dimensions():
     terms weigh 1/(D+1) and rtol = atol = 1e-3 is off by 0.048 nats/dim here; the joint norm gives 0.0044."""
     sde, d, c = SDES["vp"], 784, 0.01
     x = c * jax.random.normal(jax.random.key(0), (8, d))
-    logp, _ = sj.log_likelihood(gaussian_score(sde, c), sde, x, jax.random.key(1), divergence="hutchinson",
-                                eps=EPS, rtol=1e-3, atol=1e-3)  # Rademacher probes are exact for a diagonal Jacobian
     truth = sj.isotropic_mixture([[0.0] * d], c).diffuse(sde, EPS).log_prob(x)
-    assert float(jnp.max(jnp.abs(logp - truth))) / d < 0.01
+    score = gaussian_score(sde, c)
+    err = {}
+    for norm in ("joint", "rms"):  # Rademacher probes are exact for a diagonal Jacobian
+        logp, _ = sj.log_likelihood(score, sde, x, jax.random.key(1), eps=EPS, rtol=1e-3, atol=1e-3, norm=norm)
+        err[norm] = float(jnp.max(jnp.abs(logp - truth))) / d
+    assert err["joint"] < 0.01 and err["rms"] > 0.02, err
+
+
+def test_map_padded_keeps_one_shape_and_drops_the_padding():
+    """The one padding helper behind evaluate_nll / evaluate_bpd and the classifier's embed / predict."""
+    from sde_jax.eval import map_padded, pad_rows
+
+    shapes = []
+
+    def fn(a, b):
+        shapes.append((a.shape, b.shape))
+        return a.sum(axis=1) + b
+
+    a, b = np.arange(14.0).reshape(7, 2), np.arange(7.0)
+    np.testing.assert_array_equal(map_padded(fn, (a, b), 3), a.sum(axis=1) + b)
+    assert set(shapes) == {((3, 2), (3,))}
+    np.testing.assert_array_equal(pad_rows(jnp.arange(2), 4), [0, 1, 1, 1])
+    with pytest.raises(ValueError, match="length"):
+        map_padded(fn, (a, b[:5]), 3)

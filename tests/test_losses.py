@@ -8,8 +8,8 @@ import pytest
 from scipy import integrate
 
 import sde_jax as sj
-from sde_jax.losses import (discrete_loss, dsm_loss, example_keys, init_train_state, make_optimizer,
-                            make_train_step, sample_importance_time)
+from sde_jax.losses import discrete_loss, dsm_loss
+from sde_jax.train.step import example_keys, init_train_state, make_optimizer, make_train_step
 from sde_jax.nn import ScoreMLP
 
 SDES = [sj.VPSDE(), sj.SubVPSDE(), sj.VESDE(sigma_min=0.05, sigma_max=5.0)]
@@ -48,11 +48,14 @@ def test_exact_score_minimises_dsm(sde, weighting, importance):
     assert abs(slope_w) > 4 * se_w, (slope_w, se_w)
 
 
-@pytest.mark.parametrize("sde", [sj.VPSDE(N=100), sj.VESDE(sigma_min=0.05, sigma_max=5.0, N=100)], ids=["ddpm", "smld"])
+@pytest.mark.parametrize("sde", [sj.VPSDE(N=100), sj.VESDE(sigma_min=0.05, sigma_max=5.0, N=100), sj.SubVPSDE(N=100)],
+                         ids=["ddpm", "smld", "subvp"])
 def test_discrete_loss_minimised_by_discrete_score(sde):
-    """DDPM / SMLD losses are minimised by the score of the discrete marginal q(x_i | x_0) at t_i."""
+    """DDPM / SMLD losses (and sub-VP's sampled schedule) are minimised by the score of q(x_i | x_0) at t_i."""
     mix = sj.random_mixture(jax.random.key(0), 2, 2)
-    if isinstance(sde, sj.VPSDE):
+    if isinstance(sde, sj.SubVPSDE):
+        a, s = sde.alpha_sigma(jnp.arange(sde.N) / (sde.N - 1))
+    elif isinstance(sde, sj.VPSDE):
         a, s = jnp.sqrt(sde.discrete_alphas_cumprod), jnp.sqrt(1 - sde.discrete_alphas_cumprod)
     else:
         a, s = jnp.ones(sde.N), sde.discrete_sigmas
@@ -69,15 +72,10 @@ def test_discrete_loss_minimised_by_discrete_score(sde):
     assert abs(slope) < 4 * se, (slope, se)
 
 
-def test_discrete_loss_rejects_subvp():
-    with pytest.raises(ValueError, match="Use dsm_loss"):
-        discrete_loss(lambda p, x, t: x, sj.SubVPSDE())
-
-
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_importance_time_has_density_g2_over_sigma2(sde):
     eps = 1e-3
-    t = np.sort(np.asarray(sample_importance_time(sde, jax.random.uniform(jax.random.key(0), (20000,)), eps)))
+    t = np.sort(np.asarray(sde.likelihood_time(jax.random.uniform(jax.random.key(0), (20000,)), eps)[0]))
     assert t.min() >= eps and t.max() <= sde.T
     grid = np.geomspace(eps, 1.0, 200_001)
     w = np.asarray(sde.diffusion(jnp.asarray(grid)) ** 2 / sde.alpha_sigma(jnp.asarray(grid))[1] ** 2, np.float64)

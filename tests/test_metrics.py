@@ -1,10 +1,11 @@
-"""Feature-space distances: Fréchet distance against the Gaussian closed form, KID unbiasedness and formula."""
+"""Feature-space distances (sde_jax.eval): Fréchet distance against the Gaussian closed form, KID unbiasedness and
+formula."""
 
 import numpy as np
 import pytest
 from scipy import linalg
 
-from sde_jax.metrics import frechet_distance, gaussian_frechet_distance, kid
+from sde_jax.eval import frechet_distance, gaussian_frechet_distance, kid
 
 MU_A, MU_B = np.array([0.0, 1.0, -1.0, 0.5]), np.array([0.5, 0.0, -1.0, 1.5])
 

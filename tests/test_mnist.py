@@ -44,8 +44,8 @@ def test_trains_checkpoints_grids_and_bits_per_dim(run_dir):
 
 def test_benchmark_writes_the_bpd_record_from_the_workdir(run_dir, tmp_path):
     workdir, _ = run_dir
-    cmd = [sys.executable, "-m", "benchmarks.nll", "--workdir", workdir, "--dataset", "mnist", "--data_dir", DATA,
-           "--n_examples", "10", "--batch_size", "5", "--rtol", "1e-2", "--atol", "1e-2", "--name", "test_mnist",
+    cmd = [sys.executable, "-m", "benchmarks.nll_checkpoint", "--workdir", workdir, "--dataset", "mnist",
+           "--data_dir", DATA, "--n_examples", "10", "--batch_size", "5", "--rtol", "1e-2", "--atol", "1e-2", "--name", "test_mnist",
            "--no_readme"]
     env = {**os.environ, "SDE_JAX_RESULTS_DIR": str(tmp_path)}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

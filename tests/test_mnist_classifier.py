@@ -1,5 +1,5 @@
 """``python -m experiments.mnist_classifier`` end to end on the real MNIST files (tiny noise-conditional network,
-a few steps), and the API other experiments use: load_classifier, embed, feature_distances."""
+a few steps), and sde_jax.eval reading what it trained: load_classifier, embed, predict, feature_distances."""
 
 import json
 import os
@@ -24,7 +24,7 @@ def test_trains_evaluates_and_loads(mnist_classifier, tmp_path):
     assert report["fd_classifier_real_vs_real"] >= 0 and "fd_classifier_train_vs_test" in report
     assert not any("fid" in k.lower() for k in report)  # classifier features: never called FID
 
-    from experiments.mnist_classifier import embed, feature_distances, load_classifier
+    from sde_jax.eval import embed, feature_distances, load_classifier, predict
 
     apply_fn, params, config = load_classifier(workdir)
     assert config.model.noise_conditional and config.loss.kind == "noisy_classifier"
@@ -32,6 +32,8 @@ def test_trains_evaluates_and_loads(mnist_classifier, tmp_path):
     assert apply_fn(params, x, np.full(7, 0.5, np.float32)).shape == (7, 10)
     f = embed(apply_fn, params, x, t=1e-3, batch_size=4)  # 7 images in padded batches of 4
     assert f.shape == (7, 16)
+    labels = predict(apply_fn, params, x, t=1e-3, batch_size=4)
+    assert labels.shape == (7,) and set(labels.tolist()) <= set(range(10))
     d = feature_distances(f, f + 1.0, kid_subset_size=5, kid_subsets=3)
     assert set(d) >= {"fd_classifier", "kid_classifier", "kid_classifier_std"}
     np.testing.assert_allclose(d["fd_classifier"], 16.0, rtol=1e-6)  # a shift by 1 in each of 16 dimensions

@@ -96,7 +96,8 @@ np.testing.assert_allclose(per_device[1, 0], jax.random.normal(jax.random.fold_i
 # the train step: our replicas have pmap's own layout, so a second step reuses the first trace and compile;
 # the 4-device loss matches the per-example losses of the whole global batch on the host
 from sde_jax import VPSDE
-from sde_jax.losses import dsm_loss, example_keys, init_train_state, make_optimizer, make_train_step
+from sde_jax.losses import dsm_loss
+from sde_jax.train.step import example_keys, init_train_state, make_optimizer, make_train_step
 from sde_jax.nn import ScoreMLP
 model, sde, opt = ScoreMLP(width=16, depth=1, embed_dim=8), VPSDE(), make_optimizer(1e-2, warmup=0)
 loss = dsm_loss(model.apply, sde)

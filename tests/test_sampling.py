@@ -120,11 +120,14 @@ CASES_2D = [
     ("subvp", "ode", {"solver": "dopri5"}, None),
     ("subvp", "pc", {"steps": 200, "predictor": "euler_maruyama"}, 401),
     ("subvp", "ddim", {"steps": 50, "eta": 0.5}, 51),
+    ("subvp", "ancestral", {"steps": 200}, 201),
     ("ve", "sde", {"steps": 200}, 201),
     ("ve", "sde", {"steps": 100, "solver": "shark"}, 201),
     ("ve", "ode", {"solver": "euler", "steps": 250, "grid": "edm"}, 251),
     ("ve", "pc", {"steps": 200}, 401),
     ("ve", "ancestral", {"steps": 200}, 201),
+    ("ve", "ddim", {"steps": 50, "grid": "logsnr"}, 51),
+    ("vp", "ddim", {"steps": 50, "grid": "quadratic"}, 51),
 ]
 # Every method and every SDE again in 6-D (random full covariances).
 CASES_6D = [
@@ -140,7 +143,7 @@ CASES_6D = [
 
 def _case_id(case):
     sde, method, opts, _ = case
-    return "-".join([sde, method] + [f"{k}={v}" for k, v in opts.items()])
+    return "-".join([sde, method] + [f"{k}={v}" if k != "ts" else "ts" for k, v in opts.items()])
 
 
 @pytest.mark.parametrize(
@@ -200,19 +203,36 @@ def test_encode_decode_round_trip(sde_name):
     assert int(info_e["nfe"]) > 7 and int(info_d["nfe"]) > 7
 
 
-def test_time_grids_hit_the_end_points():
-    sde = SDES["vp"]
-    for kind in ("uniform", "edm"):
-        ts = sampling.time_grid(sde, 10, sde.T, sde.eps, kind)
-        assert ts.shape == (11,) and ts[0] == np.float32(sde.T) and ts[-1] == np.float32(sde.eps)
-        assert np.all(np.diff(ts) < 0)
-        up = sampling.time_grid(sde, 10, sde.eps, sde.T, kind)
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_time_grids(sde_name):
+    """Every grid: exact end points, strictly decreasing, reversible, and uniform in its own variable."""
+    sde = SDES[sde_name]
+    lo = sde.eps
+    for grid in sampling.GRIDS:
+        ts = np.asarray(sampling.time_grid(sde, 10, sde.T, lo, grid))
+        assert ts.shape == (11,) and ts[0] == np.float32(sde.T) and ts[-1] == np.float32(lo)
+        assert np.all(np.diff(ts) < 0), grid
+        up = np.asarray(sampling.time_grid(sde, 10, lo, sde.T, grid))
         np.testing.assert_array_equal(up, ts[::-1])
-    # EDM grid: lambda = sigma / alpha is equally spaced in lambda^(1/7)
-    ts = sampling.time_grid(sde, 10, sde.T, sde.eps, "edm")
-    alpha, sigma = sde.alpha_sigma(jnp.asarray(ts))
-    lam = np.asarray(sigma / alpha, np.float64) ** (1 / 7)
-    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-3)
+    u = lambda grid: np.asarray(sampling.time_grid(sde, 10, sde.T, lo, grid), np.float64)
+    np.testing.assert_allclose(np.diff(u("uniform")), -(sde.T - lo) / 10, rtol=1e-4)
+    np.testing.assert_allclose(u("quadratic") - lo, (sde.T - lo) * np.linspace(1, 0, 11) ** 2, atol=1e-6)
+    lam = np.asarray(sde.log_snr(jnp.asarray(u("logsnr"), jnp.float32)), np.float64)
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
+    # EDM: s = sigma / alpha = exp(-lambda / 2) is equally spaced in s^(1/7)
+    alpha, sigma = sde.alpha_sigma(jnp.asarray(u("edm"), jnp.float32))
+    s7 = np.asarray(sigma / alpha, np.float64) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(s7), np.diff(s7)[0], rtol=2e-3)
+
+
+def test_user_grid_equals_named_grid():
+    """ts= runs exactly the grid it is given: the EDM grid passed as ts reproduces grid="edm"."""
+    sde, score = SDES["vp"], counted_score(2, "vp")
+    ts = np.asarray(sampling.time_grid(sde, 8, sde.T, sde.eps, "edm"))
+    a, ia = sj.sample(score, sde, jax.random.key(0), (16, 2), method="ddim", steps=8, grid="edm")
+    b, ib = sj.sample(score, sde, jax.random.key(0), (16, 2), method="ddim", ts=ts)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert int(ia["nfe"]) == int(ib["nfe"]) == 9
 
 
 # ---------------------------------------------------------------------------------- jit and caching
@@ -236,7 +256,7 @@ def test_sample_compiles_once_and_is_deterministic():
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, c)
 
-    # the documented user-side form: jit over the key with everything else static
+    # sample also runs inside a caller's jit (the key traced, everything else static)
     traces[0] = 0
     fn = jax.jit(functools.partial(sj.sample, score, sde, shape=(16, 2), method="pc", steps=5))
     x1, info = fn(jax.random.key(0))
@@ -258,7 +278,6 @@ BAD = [
     ("vp", "sde", (8, 2), {"steps": 0}, "steps must be an integer >= 1"),
     ("vp", "pc", (8, 2), {"steps": 2.5}, "steps must be an integer >= 1"),
     ("vp", "ddim", (8, 2), {"steps": -3}, "steps must be an integer >= 1"),
-    ("ve", "ddim", (8, 2), {}, "DDIM on VE"),
     ("vp", "sde", (8, 2), {"solver": "rk4"}, "unknown SDE solver"),
     ("vp", "ode", (8, 2), {"solver": "rk4"}, "unknown ODE solver"),
     ("vp", "ode", (8, 2), {"solver": "euler"}, "has no error estimate"),
@@ -266,7 +285,6 @@ BAD = [
     ("vp", "pc", (8, 2), {"snr": -0.1}, "snr must be > 0"),
     ("vp", "pc", (8, 2), {"predictor": "ancestral"}, "unknown predictor"),
     ("vp", "pc", (8, 2), {"n_corrector": -1}, "n_corrector"),
-    ("subvp", "ancestral", (8, 2), {}, "sub-VP"),
     ("vp", "ancestral", (8, 2), {"steps": 1000}, "steps must be <= N - 1"),
     ("vp", "ddim", (8, 2), {"eta": 1.5}, "eta must lie in"),
     ("vp", "ode", (8, 2), {"stpes": 10}, "unknown option"),
@@ -275,6 +293,14 @@ BAD = [
     ("vp", "sde", (8, 2), {"eps": 0.0}, "eps must lie in"),
     ("vp", "sde", (8, 2), {"brownian": "fast"}, "unknown Brownian"),
     ("vp", "ddim", (8, 2), {"denoise": "yes"}, "denoise must be"),
+    ("vp", "ode", (8, 2), {"steps": 10, "rtol": 1e-3}, "apply only to adaptive"),
+    ("vp", "ode", (8, 2), {"grid": "edm"}, "apply only to fixed"),
+    ("vp", "ddim", (8, 2), {"ts": [1.0, 0.5, 0.001], "steps": 2}, "ts fixes the time grid"),
+    ("vp", "pc", (8, 2), {"ts": [1.0, 0.001, 0.5]}, "strictly decreasing"),
+    ("vp", "sde", (8, 2), {"ts": [1.0]}, "at least 2 times"),
+    ("vp", "ancestral", (8, 2), {"ts": [2.0, 0.5]}, "must lie in"),
+    ("vp", "ddim", (8, 2), {"ts": [1.0, np.nan]}, "NaN"),
+    ("vp", "ddim", (8, 2), {"ts": [1.0, 0.0]}, "denoising step"),
 ]
 
 

@@ -34,7 +34,7 @@ def test_denoise_is_tweedie():
     t = jnp.full((5,), 0.4)
     x = jax.random.normal(jax.random.key(0), (5, 2))
     a, s = sde.alpha_sigma(0.4)
-    np.testing.assert_allclose(sj.denoise(sde, mix.score_fn(sde), x, t), a * 0.25 / (a**2 * 0.25 + s**2) * x,
+    np.testing.assert_allclose(sj.denoise(mix.score_fn(sde), sde, x, t), a * 0.25 / (a**2 * 0.25 + s**2) * x,
                                rtol=1e-4)
 
 

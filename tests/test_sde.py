@@ -12,8 +12,8 @@ from scipy import stats
 
 import sde_jax as sj
 
-SDES = [sj.VPSDE(), sj.SubVPSDE(), sj.VESDE(sigma_min=0.05, sigma_max=5.0)]
-IDS = ["vp", "subvp", "ve"]
+SDES = [sj.VPSDE(), sj.SubVPSDE(), sj.VESDE(sigma_min=0.05, sigma_max=5.0), sj.VDMSDE()]
+IDS = ["vp", "subvp", "ve", "vdm"]
 
 
 def simulate_forward(sde, x0, key, t1, steps=2000):
@@ -65,7 +65,7 @@ def test_vp_discretize_is_ddpm():
     t = i / 999.0
     x = jnp.arange(8.0).reshape(4, 2)
     f, G = sde.discretize(x, jnp.asarray(t, jnp.float32))
-    np.testing.assert_allclose(G, np.sqrt(betas[i]), rtol=1e-5)
+    np.testing.assert_allclose(G, np.sqrt(betas[i]), rtol=2e-4)  # sigma_i^2 - a^2 sigma_{i-1}^2 in float32
     np.testing.assert_allclose(f, (np.sqrt(1 - betas[i])[:, None] - 1) * np.asarray(x), rtol=1e-4, atol=1e-7)
     # DDPM's alpha-bar is the SDE's alpha(t)^2 up to O(1/N)
     abar = np.cumprod(1 - betas)
@@ -85,12 +85,33 @@ def test_ve_discretize_is_smld():
     np.testing.assert_allclose(sde.alpha_sigma(t)[1], sigmas[i], rtol=1e-4)  # sigma(t_i) = sigma_i exactly
 
 
-def test_subvp_discretize_is_euler_maruyama():
+def test_subvp_discretize_is_the_exact_transition_between_levels():
+    """Without a classical chain, the levels are the schedule at t_i and a step is the exact Gaussian transition."""
     sde = sj.SubVPSDE(N=100)
-    x, t = jnp.ones((2, 2)), jnp.array([0.2, 0.7])
-    f, G = sde.discretize(x, t)
-    np.testing.assert_allclose(f, sde.drift(x, t) / 100, rtol=1e-6)
-    np.testing.assert_allclose(G, sde.diffusion(t) * 0.1, rtol=1e-6)
+    x, i = jnp.ones((2, 2)), np.array([20, 70])
+    f, G = sde.discretize(x, jnp.asarray(i / 99.0, jnp.float32))
+    a, std = sde.transition(i / 99.0 - 1 / 99.0, i / 99.0)
+    np.testing.assert_allclose(f, (np.asarray(a)[:, None] - 1) * np.asarray(x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(G, std, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_log_snr_closed_forms_and_inverse(sde):
+    """lambda = log(alpha^2 / sigma^2); the closed-form inverse agrees with the interface's bisection."""
+    t = jnp.linspace(1e-3, 1.0, 40)
+    alpha, sigma = sde.alpha_sigma(t)
+    lam = sde.log_snr(t)
+    np.testing.assert_allclose(lam, 2 * np.log(np.asarray(alpha) / np.asarray(sigma)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sde.t_from_log_snr(lam), t, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sj.LinearSDE.t_from_log_snr(sde, lam), t, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_schedule_defaults_match_the_closed_forms(sde):
+    """The interface derives f and g from alpha_sigma alone (autodiff); they equal the papers' closed forms."""
+    t = jnp.linspace(0.02, 1.0, 30)
+    np.testing.assert_allclose(sj.LinearSDE.drift_coef(sde, t), sde.drift_coef(t), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sj.LinearSDE.diffusion(sde, t), sde.diffusion(t), rtol=1e-4)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
@@ -134,3 +155,35 @@ def test_pure_and_jittable(sde):
 def test_bad_parameters_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_vdm_schedule_is_its_log_snr():
+    """VDM: alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma), lambda = -gamma; f and g from the interface."""
+    sde = sj.VDMSDE(gamma_min=-10.0, gamma_max=6.0)
+    t = jnp.linspace(0.0, 1.0, 11)
+    alpha, sigma = sde.alpha_sigma(t)
+    np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sde.log_snr(t), 10.0 - 16.0 * t, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sde.t_from_log_snr(sde.log_snr(t)), t, atol=1e-6)
+    # VP-type SDE: f = -1/2 d gamma/dt sigma^2, g^2 = d gamma/dt sigma^2 (= beta(t) of the VP family)
+    np.testing.assert_allclose(sde.diffusion(t) ** 2, 16.0 * sigma**2, rtol=1e-4)
+    np.testing.assert_allclose(sde.drift_coef(t), -0.5 * 16.0 * sigma**2, rtol=1e-4)
+
+
+def test_learned_schedule_is_a_pytree_with_trainable_leaves():
+    """A schedule with trainable parameters fits the interface: monotone, exact endpoints, jit and grad through it."""
+    sde = sj.LearnedVDMSDE.init(jax.random.key(0), -13.3, 5.0, width=64)
+    t = jnp.linspace(0.0, 1.0, 101)
+    lam = np.asarray(jax.jit(lambda s, t: s.log_snr(t))(sde, t))
+    assert np.all(np.diff(lam) < 0)
+    np.testing.assert_allclose(lam[[0, -1]], [13.3, -5.0], rtol=1e-5)
+    inverse = jax.jit(lambda s, lam: s.t_from_log_snr(lam))(sde, lam[10:90])  # the interface's bisection
+    np.testing.assert_allclose(inverse, t[10:90], atol=1e-4)
+    x0 = jnp.ones((4, 3))
+
+    def loss(s):  # gradients reach every leaf, endpoints included
+        return jnp.sum(s.marginal_sample(jax.random.key(1), x0, t[20:24]) ** 2) + jnp.sum(s.diffusion(t[20:24]))
+
+    grads = jax.jit(jax.grad(loss))(sde)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads.gamma_max)) > 0 and float(jnp.sum(jnp.abs(grads.w2))) > 0

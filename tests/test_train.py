@@ -1,4 +1,5 @@
-"""Training pieces in-process: TensorBoard event files, metrics on resume, checkpoints, config differences."""
+"""Training pieces in-process: TensorBoard event files, metrics on resume, checkpoints, config differences, the
+parameterisation of a trained result's score."""
 
 from __future__ import annotations
 
@@ -8,96 +9,55 @@ import struct
 import numpy as np
 import pytest
 
-from sde_jax.losses import init_train_state, make_optimizer
-from sde_jax.train import tensorboard as tb
 from sde_jax.train.checkpoint import CheckpointError, Checkpointer, config_differences
 from sde_jax.train.metrics import MetricsWriter, read_metrics
+from sde_jax.train.step import init_train_state, make_optimizer
 
 
 # ------------------------------------------------------------------------------------------ tfevents
-def test_crc32c_matches_published_check_values():
-    # RFC 3720 (iSCSI), appendix B.4, and the CRC catalogue's check value for "123456789".
-    assert tb.crc32c(b"123456789") == 0xE3069283
-    assert tb.crc32c(bytes(32)) == 0x8A9136AA
-    assert tb.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert tb.crc32c(bytes(range(32))) == 0x46DD794E
+def read_events(path: str) -> list:
+    """The ``Event`` protos of a TensorBoard event file: TFRecords of uint64 length, uint32 crc, data, uint32 crc
+    (the CRCs are not checked here)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    with open(path, "rb") as f:
+        while header := f.read(12):
+            (length,) = struct.unpack("<Q", header[:8])
+            events.append(Event.FromString(f.read(length)))
+            f.read(4)
+    return events
 
 
-def _event_proto_classes():
-    """Event / Summary / SessionLog message classes built from a descriptor with protobuf itself, to parse our
-    hand-written bytes with an independent decoder."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="sde_jax_test_event.proto", package="sdejaxtest")
-
-    def message(name, fields):
-        m = fdp.message_type.add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            f = m.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
-
-    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    message("Value", [("tag", 1, F.TYPE_STRING, opt, None), ("simple_value", 2, F.TYPE_FLOAT, opt, None)])
-    message("Summary", [("value", 1, F.TYPE_MESSAGE, rep, ".sdejaxtest.Value")])
-    message("SessionLog", [("status", 1, F.TYPE_INT32, opt, None)])
-    message("Event", [("wall_time", 1, F.TYPE_DOUBLE, opt, None), ("step", 2, F.TYPE_INT64, opt, None),
-                      ("file_version", 3, F.TYPE_STRING, opt, None),
-                      ("summary", 5, F.TYPE_MESSAGE, opt, ".sdejaxtest.Summary"),
-                      ("session_log", 6, F.TYPE_MESSAGE, opt, ".sdejaxtest.SessionLog")])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("sdejaxtest.Event"))
+def _scalars(event) -> dict:
+    return {v.tag: v.simple_value for v in event.summary.value}
 
 
-def test_event_file_reads_back_with_our_reader_and_with_protobuf(tmp_path):
-    w = tb.EventWriter(str(tmp_path), start_step=20)
-    w.scalars(30, {"loss": 1.5, "grad_norm": 0.25})
-    w.scalars(40, {"loss": float("nan")})
+def test_event_files_hold_the_scalars_and_read_back_with_tensorboard(tmp_path):
+    w = MetricsWriter(str(tmp_path), resume_step=20)
+    w.write(30, {"loss": 1.5, "grad_norm": 0.25})
+    w.write(40, {"loss": float("nan")})
     w.close()
-    events = tb.read_events(w.path)
-    assert os.path.basename(w.path).startswith("events.out.tfevents.")
-    assert events[0]["file_version"] == "brain.Event:2"
-    assert events[1]["step"] == 20 and events[1]["session_start"]
-    assert events[2]["step"] == 30 and events[2]["scalars"] == {"loss": 1.5, "grad_norm": 0.25}
-    assert events[3]["step"] == 40 and np.isnan(events[3]["scalars"]["loss"])
-
-    Event = _event_proto_classes()
-    parsed = [Event.FromString(r) for r in tb.read_records(w.path)]
-    assert parsed[0].file_version == "brain.Event:2" and parsed[0].wall_time > 1e9
-    assert parsed[1].step == 20 and parsed[1].session_log.status == tb.SESSION_START
-    assert parsed[2].step == 30
-    assert {v.tag: v.simple_value for v in parsed[2].summary.value} == {"loss": 1.5, "grad_norm": 0.25}
+    (name,) = os.listdir(tmp_path / "tensorboard")
+    path = str(tmp_path / "tensorboard" / name)
+    assert name.startswith("events.out.tfevents.")
+    events = read_events(path)
+    assert events[0].file_version == "brain.Event:2" and events[0].wall_time > 1e9
+    starts = [e.step for e in events if e.HasField("session_log")]
+    assert starts == [20] and events[[e.HasField("session_log") for e in events].index(True)].session_log.status == 1
+    logged = {}
+    for e in events:
+        if e.HasField("summary"):
+            logged.setdefault(e.step, {}).update(_scalars(e))
+    assert logged[30] == {"loss": 1.5, "grad_norm": 0.25}
+    assert set(logged) == {30, 40} and np.isnan(logged[40]["loss"])
 
     try:  # TensorBoard's own reader, only where it happens to be installed (never a requirement)
-        from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     except ImportError:
         pass
     else:
-        assert list(RawEventFileLoader(w.path).Load()) == tb.read_records(w.path)
-
-
-def test_event_records_reject_corruption_and_ignore_a_cut_tail(tmp_path):
-    path = str(tmp_path / "events.out.tfevents.x")
-    good = tb.encode_record(tb.encode_event(1.0, 1, scalars={"a": 1.0}))
-    with open(path, "wb") as f:
-        f.write(good + good[: len(good) // 2])  # a writer killed mid-record
-    assert len(tb.read_records(path)) == 1
-    bad = bytearray(good)
-    bad[-6] ^= 0xFF  # flip a data byte: the data CRC no longer matches
-    with open(path, "wb") as f:
-        f.write(bytes(bad))
-    with pytest.raises(ValueError, match="corrupt record data"):
-        tb.read_records(path)
-    length = struct.pack("<Q", 5)
-    assert tb.masked_crc32c(length) == (((tb.crc32c(length) >> 15) | (tb.crc32c(length) << 17))
-                                        + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def test_negative_and_large_steps_round_trip():
-    for step in (0, 1, 127, 128, 2**40, -1):
-        assert tb.decode_event(tb.encode_event(0.5, step))["step"] == step
+        assert [e.step for e in EventFileLoader(path).Load()] == [e.step for e in events]
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -113,9 +73,11 @@ def test_resume_drops_metrics_past_the_restored_step(tmp_path):
     w.close()
     assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == [(10, 1.0), (20, 2.0), (30, 9.0)]
     files = sorted(os.listdir(tmp_path / "tensorboard"))
-    assert len(files) == 2
-    resumed = [e for f in files for e in tb.read_events(str(tmp_path / "tensorboard" / f)) if e.get("session_start")]
-    assert [e["step"] for e in resumed] == [20]
+    assert len(files) == 2  # a new event file per writer, even within one second
+    events = [e for f in files for e in read_events(str(tmp_path / "tensorboard" / f))]
+    assert [e.step for e in events if e.HasField("session_log")] == [20]  # TensorBoard hides the first file's 30, 40
+    assert sorted((e.step, _scalars(e)["loss"]) for e in events if e.HasField("summary")) == [
+        (10, 1.0), (20, 2.0), (30, 3.0), (30, 9.0), (40, 4.0)]
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
@@ -172,3 +134,26 @@ def test_resume_config_changes_ignore_train_sample_and_eval(tmp_path):
     now = ConfigDict({"data": {"name": "rings", "shape": (2,)}, "train": {"steps": 99}, "sample": {"n": 0}})
     assert _model_config_changes(str(tmp_path), now) == ["data.name: 'moons' -> 'rings'"]
     assert _model_config_changes(str(tmp_path / "missing"), now) == []
+
+
+# ------------------------------------------------------------------------------------- trained result
+def test_result_score_reads_the_network_in_its_trained_parameterization(tmp_path):
+    import jax.numpy as jnp
+    from ml_collections import ConfigDict
+
+    import sde_jax as sj
+    from sde_jax.config import base_config
+    from sde_jax.train import train
+
+    c = base_config()
+    c.data = ConfigDict({"shape": (2,)})
+    c.model = ConfigDict({"name": "mlp", "width": 16, "depth": 1, "embed_dim": 8})
+    c.loss.parameterization = "v"
+    c.train.update(steps=3, batch_size=16, warmup=0, lr=1e-2, log_every=1, checkpoint_every=3)
+    batch_fn = lambda step, rows: np.random.default_rng(step).normal(size=(16, 2)).astype(np.float32)[rows]
+    result = train(c, str(tmp_path), batch_fn, batch_fn(0, slice(None)), progress=False)
+    x, t = jnp.linspace(-1.0, 1.0, 8).reshape(4, 2), jnp.full((4,), 0.5)
+    got = np.asarray(result.score_fn()(x, t))
+    read = lambda p: np.asarray(sj.score_fn(result.model.apply, result.state.ema_params, result.sde, p)(x, t))
+    np.testing.assert_allclose(got, read("v"), rtol=1e-6)
+    assert not np.allclose(got, read("eps"), rtol=1e-2)

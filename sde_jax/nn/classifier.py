@@ -3,7 +3,7 @@
 The noise-conditional form classifies noisy x_t given t and gives grad_x log p_t(y | x_t) for classifier guidance
 (Song et al. 2021, Sec. 5 and App. I: there a Wide-ResNet whose features get a time embedding added; this is the
 same idea at MNIST scale). Its penultimate activations (``method="features"``) are the feature space of the
-classifier Fréchet distance / KID in ``sde_jax.metrics``.
+classifier Fréchet distance / KID in ``sde_jax.eval``.
 
     h = SiLU(GN(Conv4x4/2(x) + Dense(temb)))          H/2, ch       (temb = ConditioningEmbedding(t); only if
     h = SiLU(GN(Conv3x3(h)   + Dense(temb)))          H/2, ch        noise_conditional, else no temb terms)

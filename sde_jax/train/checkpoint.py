@@ -9,17 +9,30 @@ Saves are asynchronous (``orbax`` finishes them in a background thread; a direct
 ``<step>`` once complete, so a process killed mid-save leaves the previous checkpoint as the latest). A state
 with NaN/Inf in it is never written. Under multi-host every process calls ``save`` and ``restore`` (orbax
 synchronises them; the primary process writes).
+
+:func:`restore` reads a workdir back for evaluation: the config it was trained with (``config.json``) rebuilds
+the network and SDE, and the latest checkpoint fills in the parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sde_jax.config import model_from_config, optimizer_from_config, sde_from_config
+from sde_jax.sde import SDE
+from sde_jax.train.step import init_params, init_train_state
+from sde_jax.vdm import schedule_of, trained_score
+
+Array = jax.Array
 
 CONFIG_FILE = "config.json"
 
@@ -135,3 +148,56 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b):
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+# ------------------------------------------------------------------------------------ restore for eval
+@dataclasses.dataclass
+class Restored:
+    """A trained model from a workdir: network, parameters (EMA by default), SDE, config and step.
+
+    ``sde`` is the SDE of these parameters: for a learned schedule the trained one (``params`` are then
+    ``{"net", "schedule"}``), and ``init_sde`` the configured initial one."""
+
+    model: Any
+    params: Any
+    sde: SDE
+    config: ml_collections.ConfigDict
+    step: int
+    init_sde: SDE | None = None
+
+    def __post_init__(self):
+        if self.init_sde is None:
+            self.init_sde = self.sde
+
+    def score_fn(self, y: Array | None = None):
+        """The model's score (with its trained schedule, if it learned one); ``y`` labels for a class-conditional
+        model (None: its null label)."""
+        return trained_score(self.model.apply, self.params, self.init_sde, self.config.loss.parameterization, y)
+
+
+def restore(workdir: str, ema: bool = True) -> Restored:
+    """The latest checkpoint of ``workdir`` with the config it was trained with (EMA parameters by default)."""
+    cfg = ml_collections.ConfigDict(load_config(workdir))
+    model = model_from_config(cfg.model)
+    sde = sde_from_config(cfg.sde)
+    example = jnp.zeros((1, *cfg.data.shape), jnp.float32)
+    optimizer = optimizer_from_config(cfg.train)
+    target = jax.eval_shape(lambda: init_train_state(init_params(model, jax.random.key(0), example, sde),
+                                                     optimizer))  # shapes only: nothing is computed
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        restored = ckpt.restore(target)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
+    state, meta = restored
+    params = state.ema_params if ema else state.params
+    return Restored(model, params, schedule_of(params, sde), cfg, int(meta["step"]), init_sde=sde)
+
+
+def restore_for_eval(workdir: str, ema: bool = True) -> tuple[Any, SDE, ml_collections.ConfigDict]:
+    """(score_fn, sde, config) of the latest checkpoint in ``workdir``; ``config.train_steps`` is its step."""
+    r = restore(workdir, ema)
+    r.config.train_steps = r.step
+    return r.score_fn(), r.sde, r.config

@@ -18,20 +18,17 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from sde_jax.classifier import classifier_loss, noisy_classifier_loss
-from sde_jax.losses import TrainState, discrete_loss, dsm_loss, init_train_state, make_optimizer, make_train_step
-from sde_jax.nn import build_model
-from sde_jax.score import score_fn as make_score_fn
-from sde_jax.sde import SDE, get_sde
+from sde_jax.config import loss_from_config, model_from_config, optimizer_from_config, sde_from_config
+from sde_jax.sde import SDE
 from sde_jax.train import parallel
-from sde_jax.train.checkpoint import (CheckpointError, Checkpointer, config_differences, load_config,
-                                      save_config)
+from sde_jax.train.checkpoint import CheckpointError, Checkpointer, config_differences, load_config, save_config
 from sde_jax.train.metrics import MetricsWriter
+from sde_jax.train.step import TrainState, init_params, init_train_state, make_train_step
+from sde_jax.vdm import schedule_of, trained_score
 
 Array = jax.Array
 BatchFn = Callable[[int, slice], np.ndarray]
@@ -44,62 +41,6 @@ class NonFiniteLossError(RuntimeError):
 
 class WorkdirError(RuntimeError):
     """The workdir cannot be created or written."""
-
-
-_SDE_KEYS = {"vp": ("beta_min", "beta_max", "N"), "subvp": ("beta_min", "beta_max", "N"),
-             "ve": ("sigma_min", "sigma_max", "N")}
-
-
-def sde_from_config(cfg: Any) -> SDE:
-    """``config.sde`` -> SDE: name plus that SDE's own keys (others, e.g. VE's sigmas for VP, are ignored)."""
-    cfg = dict(cfg)
-    name = cfg.get("name")
-    if name not in _SDE_KEYS:
-        raise ValueError(f"unknown sde.name {name!r}; choose one of {sorted(_SDE_KEYS)}.")
-    return get_sde(name, **{k: cfg[k] for k in _SDE_KEYS[name] if k in cfg})
-
-
-def model_from_config(cfg: Any):
-    cfg = dict(cfg)
-    return build_model(cfg.pop("name"), **cfg)
-
-
-def loss_from_config(cfg: Any, model_apply, sde: SDE, model_cfg: Any = None):
-    """``config.loss``: kind "dsm" (continuous, with weighting / importance_sampling) or "discrete" (score models),
-    "classifier" or "noisy_classifier" (p_t(y | x_t) for classifier guidance, ``sde_jax.classifier``); with
-    ``loss.p_uncond`` > 0 labels are dropped to the model's null label (``model.num_classes``), and a model with
-    ``dropout`` > 0 trains with dropout on. ``loss.eps`` (optional) is the smallest training time (default
-    ``sde.eps``; score_sde trains from 1e-5)."""
-    model_cfg = dict(model_cfg or {})
-    p_uncond = float(cfg.get("p_uncond", 0.0))
-    null_label = model_cfg.get("num_classes")
-    if p_uncond > 0 and null_label is None:
-        raise ValueError(f"loss.p_uncond={p_uncond} needs a class-conditional model: set model.num_classes.")
-    common = dict(p_uncond=p_uncond, null_label=null_label, dropout=float(model_cfg.get("dropout", 0.0)) > 0)
-    kind = cfg.kind
-    if kind == "classifier":
-        return classifier_loss(model_apply)
-    if kind == "noisy_classifier":
-        return noisy_classifier_loss(model_apply, sde, cfg.get("eps"))
-    if kind == "dsm":
-        return dsm_loss(model_apply, sde, cfg.parameterization, weighting=cfg.weighting,
-                        importance_sampling=cfg.importance_sampling, reduce_mean=cfg.reduce_mean,
-                        eps=cfg.get("eps"), **common)
-    if kind == "discrete":
-        return discrete_loss(model_apply, sde, cfg.parameterization, reduce_mean=cfg.reduce_mean, **common)
-    raise ValueError(f"unknown loss.kind {kind!r}; choose 'dsm', 'discrete', 'classifier' or 'noisy_classifier'.")
-
-
-def optimizer_from_config(tc: Any):
-    """``config.train``: lr, warmup, grad_clip and (optional) decay_steps of :func:`make_optimizer`."""
-    return make_optimizer(tc.lr, warmup=tc.warmup, grad_clip=tc.grad_clip, decay_steps=int(tc.get("decay_steps", 0)))
-
-
-def init_params(model: Any, key: Array, example: Array) -> Any:
-    """Network parameters from one example batch (an array, or a dict whose "x" is the images)."""
-    x = example["x"] if isinstance(example, dict) else example
-    x = jnp.asarray(x, jnp.float32)
-    return model.init(key, x, jnp.ones((x.shape[0],)))
 
 
 class Prefetcher:
@@ -131,16 +72,30 @@ class Prefetcher:
 
 @dataclasses.dataclass
 class TrainResult:
+    """What ``train`` returns: the final state, the network, SDE and config it was trained with, and timings.
+
+    ``sde`` is the SDE of the EMA parameters: the configured one, or for a learned schedule the trained (EMA)
+    schedule; ``init_sde`` is the configured (initial) one."""
+
     state: TrainState
     model: Any
     sde: SDE
+    config: ml_collections.ConfigDict
     steps_run: int
     seconds: float
     interrupted: bool = False
+    init_sde: SDE | None = None
 
-    def score_fn(self, ema: bool = True, parameterization: str = "eps"):
+    def __post_init__(self):
+        if self.init_sde is None:
+            self.init_sde = self.sde
+
+    def score_fn(self, y: Array | None = None, ema: bool = True):
+        """The trained score s(x, t) in the parameterisation it was trained with (``config.loss``), from the EMA
+        parameters (``ema``) or the raw ones; ``y`` labels for a class-conditional model (None: its null label).
+        With a learned schedule the model's ``sde`` is the one trained with those parameters."""
         params = self.state.ema_params if ema else self.state.params
-        return make_score_fn(self.model.apply, params, self.sde, parameterization)
+        return trained_score(self.model.apply, params, self.init_sde, self.config.loss.parameterization, y)
 
 
 class _StopFlag:
@@ -295,7 +250,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
     def init_state() -> TrainState:
-        return init_train_state(init_params(model, init_key, example), optimizer)
+        return init_train_state(init_params(model, init_key, example, sde), optimizer)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
     try:
@@ -358,44 +313,5 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
         log.close()
         ckpt.close()
     state = parallel.unreplicate(rstate)
-    return TrainResult(state, model, sde, step - start, time.time() - t0, stopping)
-
-
-@dataclasses.dataclass
-class Restored:
-    """A trained model from a workdir: network, parameters (EMA by default), SDE, config and step."""
-
-    model: Any
-    params: Any
-    sde: SDE
-    config: ml_collections.ConfigDict
-    step: int
-
-    def score_fn(self, y: Array | None = None):
-        """The model's score; ``y`` labels for a class-conditional model (None: its null label)."""
-        return make_score_fn(self.model.apply, self.params, self.sde, self.config.loss.parameterization, y)
-
-
-def restore(workdir: str, ema: bool = True) -> Restored:
-    """The latest checkpoint of ``workdir`` with the config it was trained with (EMA parameters by default)."""
-    cfg = ml_collections.ConfigDict(load_config(workdir))
-    model = model_from_config(cfg.model)
-    sde = sde_from_config(cfg.sde)
-    example = jnp.zeros((1, *cfg.data.shape), jnp.float32)
-    optimizer = optimizer_from_config(cfg.train)
-    target = jax.eval_shape(lambda: init_train_state(init_params(model, jax.random.key(0), example),
-                                                     optimizer))  # shapes only: nothing is computed
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    restored = ckpt.restore(target)
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
-    state, meta = restored
-    return Restored(model, state.ema_params if ema else state.params, sde, cfg, int(meta["step"]))
-
-
-def restore_for_eval(workdir: str, ema: bool = True):
-    """(score_fn, sde, config) of the latest checkpoint in ``workdir``; ``config.train_steps`` is its step."""
-    r = restore(workdir, ema)
-    r.config.train_steps = r.step
-    return r.score_fn(), r.sde, r.config
+    return TrainResult(state, model, schedule_of(state.ema_params, sde), config, step - start, time.time() - t0,
+                       stopping, init_sde=sde)

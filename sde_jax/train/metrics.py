@@ -1,17 +1,19 @@
 """Metrics: one JSON object per logged step in ``<workdir>/metrics.jsonl``, and the same scalars as TensorBoard
-event files in ``<workdir>/tensorboard/`` (written without TensorFlow, see ``tensorboard.py``)."""
+event files in ``<workdir>/tensorboard/`` (tensorboardX's ``SummaryWriter``, no TensorFlow needed)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 from typing import Any
 
-from sde_jax.train.tensorboard import EventWriter
+from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+_WRITERS = itertools.count()  # event file names carry pid and counter: writers opened in one second never clash
 
 
 def _clean(v: Any) -> Any:
@@ -52,7 +54,11 @@ def truncate_metrics(path: str, step: int) -> None:
 class MetricsWriter:
     """Appends ``{"step": int, ...}`` lines and TensorBoard scalars. On resume, lines past the restored step are
     dropped first (and TensorBoard is told to drop its events past it), so a step is never logged twice with
-    different values. Only the lead process writes (``enabled``)."""
+    different values. Only the lead process writes (``enabled``).
+
+    TensorBoard: each writer opens a new event file; after a resume it starts with a ``SessionLog START`` at the
+    restored step (tensorboardX's ``purge_step``), which makes TensorBoard hide the older files' events from
+    that step on."""
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True):
         self.path = os.path.join(workdir, METRICS_FILE)
@@ -61,7 +67,9 @@ class MetricsWriter:
         if enabled:
             truncate_metrics(self.path, resume_step)
             if tensorboard:
-                self._events = EventWriter(os.path.join(workdir, TENSORBOARD_DIR), start_step=resume_step)
+                self._events = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                             purge_step=resume_step if resume_step > 0 else None,
+                                             filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
 
     def write(self, step: int, metrics: dict) -> None:
         """Log ``metrics`` (name -> number) at ``step``."""
@@ -71,7 +79,9 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self._events is not None:
-            self._events.scalars(step, {k: float(v) for k, v in metrics.items()})
+            for k, v in metrics.items():
+                self._events.add_scalar(k, float(v), int(step))
+            self._events.flush()  # a killed run keeps every logged step
 
     def close(self) -> None:
         if self._events is not None:

@@ -1,7 +1,7 @@
 """Data parallelism: every multi-device detail of sde_jax lives in this file.
 
 ``jax.pmap`` over the local devices with axis name ``"batch"``; gradients and metrics are ``pmean``-ed inside
-the step (see ``losses.make_train_step``). A global batch of size B is split into (n_devices, B / n_devices)
+the step (see ``sde_jax.train.step.make_train_step``). A global batch of size B is split into (n_devices, B / n_devices)
 and each example keeps its global index for its noise key, so N devices reproduce one device.
 
 Multi-host: :func:`initialize_distributed` (before any other JAX call), then each process feeds only its own
@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sde_jax.eval.batching import pad_rows
 
 Array = jax.Array
 AXIS = "batch"
@@ -215,12 +217,9 @@ def map_batches(fn: Callable[..., Any], x: Any, *args: Any, fold_keys: bool = Tr
                          f"{[leaf.shape for leaf in leaves]}.")
     n = jax.local_device_count()
     chunk = -(-b // n)
-    pad = chunk * n - b
 
     def split(a):
-        a = jnp.asarray(a)
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+        a = pad_rows(jnp.asarray(a), chunk * n)
         return a.reshape((n, chunk) + a.shape[1:])
 
     out = _pmapped(fn, len(args), fold_keys)(jax.tree.map(split, x), *args)

@@ -1,5 +1,12 @@
-"""Sample-quality distances used by tests and benchmarks: sliced Wasserstein, and the feature-space Fréchet
-distance and KID (FID / KID when the features are Inception pool3 features)."""
+"""Distances between two samples: sliced Wasserstein (raw data), and the feature-space Fréchet distance and KID
+(FID / KID when the features are Inception pool3 features).
+
+Fréchet distance and KID are "FID" / "KID" only with the standard pool3 features (2048-D) of the Inception network
+of Heusel et al. (2017) on the usual preprocessing; computed with any other features (e.g. the MNIST classifier of
+``sde_jax.nn.Classifier``, :func:`sde_jax.eval.embed`) report them under another name, e.g. "fd_classifier" /
+"kid_classifier", and compare them only with numbers from the same feature network. Both run on the host in
+float64 (numpy): an FD is a small difference of large traces.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+
+__all__ = ["sliced_wasserstein", "gaussian_frechet_distance", "frechet_distance", "kid"]
 
 
 def sliced_wasserstein(key: Array, x: Array, y: Array, n_projections: int = 256) -> Array:
@@ -30,11 +39,6 @@ def sliced_wasserstein(key: Array, x: Array, y: Array, n_projections: int = 256)
 
 
 # ------------------------------------------------------------------------- feature-space distances
-# Fréchet distance and KID between two sets of features. They are "FID" / "KID" only with the standard pool3
-# features (2048-D) of the Inception network of Heusel et al. (2017) on the usual preprocessing; computed with
-# any other features (e.g. the MNIST classifier of ``sde_jax.nn.Classifier``) report them under another name, e.g.
-# "fd_classifier" / "kid_classifier", and compare them only with numbers from the same feature network.
-# Both run on the host in float64 (numpy): an FD is a small difference of large traces.
 
 
 def _features_2d(name: str, f) -> np.ndarray:
