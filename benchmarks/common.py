@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import argparse
 import platform
+import time
 from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,3 +123,29 @@ def load_note(rows: list[tuple[str, dict]]) -> list[str]:
         return []
     return [f"Shared machine: 1-minute load average {loads[0]}-{loads[-1]} on {os.cpu_count()} cores during these "
             "runs (each JSON has `load_avg_1min`); timings are minima over repeats.", ""]
+
+
+def add_solve_args(p: argparse.ArgumentParser, name_help: str) -> None:
+    """The options every likelihood benchmark shares: PF-ODE eps and tolerances, seed, record name, README refresh."""
+    p.add_argument("--eps", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help=f"result name (default {name_help})")
+    p.add_argument("--no_readme", action="store_true", help="do not refresh benchmarks/README.md")
+
+
+def run_benchmark(args: Any, parse_args: Callable, run: Callable[[Any], dict], name: Callable[[Any], str],
+                  prefix: str, render: Callable, section: str, suite: list[list[str]] | None = None) -> None:
+    """Run one configuration (or, with ``args.suite``, each of ``suite``'s argument lists with ``args.seed``), write
+    each record and its README section with :func:`write_report`, and print the scalar results and the wall time."""
+    start = time.perf_counter()
+    runs = [args]
+    if suite and getattr(args, "suite", False):
+        runs = [parse_args(extra + ["--seed", str(args.seed)] + (["--no_readme"] if args.no_readme else []))
+                for extra in suite]
+    for one in runs:
+        result = run(one)
+        write_report(one.name or name(one), result, prefix, render, section, readme=not one.no_readme)
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    print(f"{time.perf_counter() - start:.0f} s")

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import re
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import sde_jax as sj
-from benchmarks.common import device_info, fmt, load_note, write_report
+from benchmarks.common import add_solve_args, run_benchmark, device_info, fmt, load_note
 
 SUITE = [
     ["--dataset", "gmm8gauss", "--n_examples", "512", "--batch_size", "256"],
@@ -121,25 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_examples", type=int, default=512)
     p.add_argument("--batch_size", type=int, default=200)
     p.add_argument("--n_t", type=int, default=128, help="time samples per example for the ELBO")
-    p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="result name (default nll_analytic_<dataset>_<sde>)")
-    p.add_argument("--no_readme", action="store_true", help="do not refresh benchmarks/README.md")
+    add_solve_args(p, "nll_analytic_<dataset>_<sde>")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    for one in ([parse_args(extra + ["--seed", str(args.seed)] + (["--no_readme"] if args.no_readme else []))
-                 for extra in SUITE] if args.suite else [args]):
-        result = run(one)
-        write_report(one.name or f"nll_analytic_{one.dataset}_{one.sde}", result, "nll_analytic_", readme_section,
-                     "nll_analytic", readme=not one.no_readme)
-        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
-    print(f"{time.perf_counter() - start:.0f} s")
+    run_benchmark(parse_args(argv), parse_args, run, lambda a: f"nll_analytic_{a.dataset}_{a.sde}", "nll_analytic_", readme_section, "nll_analytic",
+                  SUITE)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 
 import jax
 import numpy as np
 
 import sde_jax as sj
-from benchmarks.common import device_info, fmt, load_note, write_report
+from benchmarks.common import add_solve_args, run_benchmark, device_info, fmt, load_note
 from sde_jax.data import ENTROPY, TOY_SETS, sample_toy
 from sde_jax.train.checkpoint import restore
 from sde_jax.train.metrics import read_metrics
@@ -129,21 +128,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_examples", type=int, default=512)
     p.add_argument("--batch_size", type=int, default=200)
     p.add_argument("--n_dequant", type=int, default=1)
-    p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="result name (default nll_checkpoint_<dataset>)")
-    p.add_argument("--no_readme", action="store_true", help="do not refresh benchmarks/README.md")
+    add_solve_args(p, "nll_checkpoint_<dataset>")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    result = run(args)
-    write_report(args.name or f"nll_checkpoint_{args.dataset}", result, "nll_checkpoint_", readme_section,
-                 "nll_checkpoint", readme=not args.no_readme)
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    run_benchmark(parse_args(argv), parse_args, run, lambda a: f"nll_checkpoint_{a.dataset}", "nll_checkpoint_", readme_section, "nll_checkpoint",
+                  None)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ for like) and Tsit5 (our default) at rtol = atol = 1e-5. Each run writes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import json
 import math
 import time
 from typing import Any, Callable
@@ -27,7 +25,8 @@ import numpy as np
 import optax
 
 import sde_jax as sj
-from benchmarks.common import device_info, fmt, load_note, write_report
+from sde_jax.eval import count_compiles
+from benchmarks.common import add_solve_args, run_benchmark, device_info, fmt, load_note
 from benchmarks.host_loop import host_loop_log_likelihood, pf_drift, vjp_divergence
 from benchmarks.nll_analytic import analytic_mixture
 from sde_jax.likelihood import hutchinson_probes
@@ -49,22 +48,6 @@ def timed_cpu(fn: Callable, *args, **kwargs) -> tuple[Any, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args, **kwargs))
     return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """A list that collects one entry per XLA backend compilation inside the ``with`` block."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if "backend_compile" in event:
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def perturbed_params(params: Any, key: jax.Array, scale: float) -> Any:
@@ -305,28 +288,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mlp2d", help="mlp2d | unet28")
     p.add_argument("--suite", action="store_true", help="run both models (SUITE)")
     p.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve"])
-    p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--fit_steps", type=int, default=400, help="DSM steps for the mlp2d model")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (minima reported)")
     p.add_argument("--solvers", default="dopri5,tsit5", help="our solvers to time (comma-separated names)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="result name (default nll_compare_<model>)")
-    p.add_argument("--no_readme", action="store_true", help="do not refresh benchmarks/README.md")
+    add_solve_args(p, "nll_compare_<model>")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    for one in ([parse_args(extra + ["--seed", str(args.seed)] + (["--no_readme"] if args.no_readme else []))
-                 for extra in SUITE] if args.suite else [args]):
-        result = run(one)
-        write_report(one.name or f"nll_compare_{one.model}", result, "nll_compare_", readme_section, "nll_compare",
-                     readme=not one.no_readme)
-        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
-    print(f"{time.perf_counter() - start:.0f} s")
+    run_benchmark(parse_args(argv), parse_args, run, lambda a: f"nll_compare_{a.model}", "nll_compare_", readme_section, "nll_compare",
+                  SUITE)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ the PF-ODE likelihood against closed-form Gaussian-mixture truth, without touchi
 
 from __future__ import annotations
 
-import contextlib
 
 import equinox as eqx
 import jax
@@ -13,28 +12,13 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
+from sde_jax.eval import count_compiles
 from sde_jax.losses import dsm_loss
 from sde_jax.nn import ScoreMLP
 from sde_jax.train.step import example_keys
 
 VP = sj.VPSDE()
 KEY = jax.random.key(0)
-
-
-@contextlib.contextmanager
-def backend_compiles():
-    """Counts XLA backend compilations inside the block: ``with backend_compiles() as n: ...; n[0]``."""
-    n = [0]
-
-    def listener(event: str, duration: float, **kwargs):
-        if "backend_compile" in event:
-            n[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield n
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def mlp_params(model, seed: int):
@@ -58,9 +42,9 @@ RUNS = {
 def test_new_weights_do_not_recompile(run):
     p1, p2 = mlp_params(TINY, 0), mlp_params(TINY, 1)
     x1, info = jax.block_until_ready(RUNS[run](sj.score_fn(TINY.apply, p1, VP, "eps")))
-    with backend_compiles() as n:
+    with count_compiles() as compiles:
         x2, _ = jax.block_until_ready(RUNS[run](sj.score_fn(TINY.apply, p2, VP, "eps")))
-    assert n[0] == 0, f"{run}: new parameters of the same shapes compiled {n[0]} program(s)"
+    assert len(compiles) == 0, f"{run}: new parameters of the same shapes compiled {len(compiles)} program(s)"
     assert float(jnp.max(jnp.abs(x1 - x2))) > 1e-3  # ... and the new weights are used
     assert info["nfe"].dtype == jnp.int32
 
@@ -68,9 +52,9 @@ def test_new_weights_do_not_recompile(run):
 def test_guidance_weight_is_an_argument():
     s1, s2 = (sj.score_fn(TINY.apply, mlp_params(TINY, i), VP, "eps") for i in (0, 1))
     x1, _ = jax.block_until_ready(RUNS["ddim"](sj.classifier_free_guidance(s1, s2, 1.0)))
-    with backend_compiles() as n:
+    with count_compiles() as compiles:
         x2, _ = jax.block_until_ready(RUNS["ddim"](sj.classifier_free_guidance(s1, s2, 3.0)))
-    assert n[0] == 0 and float(jnp.max(jnp.abs(x1 - x2))) > 1e-3
+    assert len(compiles) == 0 and float(jnp.max(jnp.abs(x1 - x2))) > 1e-3
 
 
 def test_plain_function_is_static():

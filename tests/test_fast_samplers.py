@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
+from tests.counting import Counted
 from sde_jax import sampling
 from sde_jax.sampling import multistep
 from tests.test_architecture import CosineSDE
@@ -152,20 +153,6 @@ def reference():
     draw = jax.jit(lambda key: SHARP.sample(key, B))
     ref = draw(jax.random.key(1))
     return ref, float(np.mean([float(sliced_w1(draw(jax.random.key(100 + i)), ref)) for i in range(8)]))
-
-
-class Counted:
-    """The exact score, counting evaluations at run time (one ``jax.debug.callback`` per batched call)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def _bump(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._bump)
-        return self.fn(x, t)
 
 
 # (sde, method, options, expected nfe incl. the denoising step): every method, every SDE at least once

@@ -7,7 +7,6 @@ negligible (the N(0, I) prior at T differs from the true marginal by ~1e-2 nats 
 the origin); VE uses sigma_max = 50 >> data scale.
 """
 
-import contextlib
 import functools
 import math
 
@@ -18,6 +17,7 @@ import pytest
 from jax.scipy.stats import norm
 
 import sde_jax as sj
+from sde_jax.eval import count_compiles
 from sde_jax import likelihood as lik
 from sde_jax.elbo import gaussian_kl_to_prior
 from sde_jax.nn import ScoreMLP
@@ -61,22 +61,6 @@ def cheap():
     x = 0.5 * jax.random.normal(jax.random.key(31), (10, 2))
     truth = sj.isotropic_mixture([[0.0, 0.0]], 0.5).diffuse(sde, EPS).log_prob(x)
     return gaussian_score(sde), sde, x, truth
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """A list that collects one entry per XLA backend compilation inside the ``with`` block."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if "backend_compile" in event:
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(scope="module")

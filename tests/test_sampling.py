@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
+from tests.counting import Counted
 from sde_jax import sampling
 
 B = 2000  # samples per run
@@ -43,20 +44,6 @@ MIXTURES = {
 
 
 # ------------------------------------------------------------------------------------------- helpers
-class Counted:
-    """score_fn wrapper counting evaluations at run time (one ``jax.debug.callback`` per batched call)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def _bump(self):
-        self.calls += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._bump)
-        return self.fn(x, t)
-
-
 @functools.lru_cache(maxsize=None)
 def counted_score(dim: int, sde_name: str, scale: float = 1.0) -> Counted:
     """One object per (mixture, SDE, scale), so that ``sample``'s compilation cache is reused."""

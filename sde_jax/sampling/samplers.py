@@ -9,32 +9,32 @@ with ``denoise=True`` (the default), ends with one Tweedie step at the last time
 
 ``info["nfe"]`` is the number of score evaluations, an int32 array (the denoising step included).
 
-================ ============================================================== =========================
-method           what it integrates                                              own options (defaults)
-================ ============================================================== =========================
-``"ode"``        probability-flow ODE (diffrax); adaptive if ``steps`` and        solver="tsit5", rtol=1e-5,
-                 ``ts`` are None, else fixed steps on the grid                    atol=1e-5, max_steps=4096
-``"sde"``        reverse-time SDE (diffrax: Euler–Maruyama / SRA1 / ShARK)        steps=1000, solver="euler",
-                                                                                 brownian="unsafe"
-``"pc"``         predictor-corrector (Song et al. 2021, Alg. 1-3)                steps=1000, n_corrector=1,
-                                                                                 predictor="reverse_diffusion",
-                                                                                 snr=sde.corrector_snr
-``"ancestral"``  ancestral sampling on the SDE's discrete chain (DDPM for VP,     steps=sde.N - 1
-                 SMLD for VE, the sampled schedule otherwise)
-``"ddim"``       DDIM, eta = 0 deterministic, eta > 0 stochastic (any SDE)        steps=50, eta=0.0
-``"dpmpp_2m"``   DPM-Solver++(2M), multistep in log-SNR time (Lu et al. 2022)    steps=20, grid="logsnr",
-                                                                                 lower_order_final=True
-``"dpmpp_3m"``   DPM-Solver++(3M)                                                 steps=20, grid="logsnr",
-                                                                                 lower_order_final=True
-``"dpmpp_2m_sde"`` SDE-DPM-Solver++(2M), stochastic                              steps=20, grid="logsnr",
-                                                                                 lower_order_final=True
-``"unipc"``      UniPC predictor-corrector (Zhao et al. 2023), corrector free     steps=20, grid="logsnr",
-                 of extra evaluations                                            order=2, variant="bh2",
-                                                                                 lower_order_final=True
-``"heun"``       EDM's Heun sampler (Karras et al. 2022, Alg. 1), with Alg. 2's   steps=17, grid="edm",
-                 churn when s_churn > 0 (2 evaluations per step)                 s_churn=0, s_tmin=0,
-                                                                                 s_tmax=inf, s_noise=1
-================ ============================================================== =========================
+================== ================================================================ ==============================
+method             what it integrates                                               own options (defaults)
+================== ================================================================ ==============================
+``"ode"``          probability-flow ODE (diffrax); adaptive if ``steps`` and        solver="tsit5", rtol=1e-5,
+                   ``ts`` are None, else fixed steps on the grid                    atol=1e-5, max_steps=4096
+``"sde"``          reverse-time SDE (diffrax: Euler–Maruyama / SRA1 / ShARK)        steps=1000, solver="euler",
+                                                                                    brownian="unsafe"
+``"pc"``           predictor-corrector (Song et al. 2021, Alg. 1-3)                 steps=1000, n_corrector=1,
+                                                                                    predictor="reverse_diffusion",
+                                                                                    snr=sde.corrector_snr
+``"ancestral"``    ancestral sampling on the SDE's discrete chain (DDPM for VP,     steps=sde.N - 1
+                   SMLD for VE, the sampled schedule otherwise)
+``"ddim"``         DDIM, eta = 0 deterministic, eta > 0 stochastic (any SDE)        steps=50, eta=0.0
+``"dpmpp_2m"``     DPM-Solver++(2M), multistep in log-SNR time (Lu et al. 2022)     steps=20, grid="logsnr",
+                                                                                    lower_order_final=True
+``"dpmpp_3m"``     DPM-Solver++(3M)                                                 steps=20, grid="logsnr",
+                                                                                    lower_order_final=True
+``"dpmpp_2m_sde"`` SDE-DPM-Solver++(2M), stochastic                                 steps=20, grid="logsnr",
+                                                                                    lower_order_final=True
+``"unipc"``        UniPC predictor-corrector (Zhao et al. 2023); the corrector      steps=20, grid="logsnr",
+                   costs no extra evaluation                                        order=2, variant="bh2",
+                                                                                    lower_order_final=True
+``"heun"``         EDM's Heun sampler (Karras et al. 2022, Alg. 1), with Alg. 2's   steps=17, grid="edm",
+                   churn when s_churn > 0 (2 evaluations per step)                  s_churn=0, s_tmin=0,
+                                                                                    s_tmax=inf, s_noise=1
+================== ================================================================ ==============================
 
 The multistep methods (:mod:`sde_jax.sampling.multistep`) use one evaluation per step, lower orders while their
 history fills and, with ``lower_order_final`` on grids of fewer than 15 steps, in the last two steps. With
@@ -45,7 +45,8 @@ with ``final_sigmas_type="zero"`` or EDM's N + 1 noise levels.
 Every method takes ``eps`` (default ``sde.eps``) and ``denoise``; the fixed-step ones take ``steps=N`` with
 ``grid="uniform" | "logsnr" | "edm" | "quadratic"`` and ``rho=7`` (:mod:`sde_jax.sampling.grids`), or an explicit
 decreasing grid ``ts`` (then not ``steps``, ``grid``, ``rho`` or ``eps``; the last time of ``ts`` plays eps).
-Step defaults follow score_sde (1000 steps for the SDE, PC and ancestral samplers) and DDIM (50 steps).
+Step defaults follow score_sde (1000 steps for the SDE, PC and ancestral samplers), DDIM (50 steps), DPM-Solver++ and
+UniPC (20) and EDM (N = 18 noise levels: 17 steps and the denoising step).
 
 Options are plain keyword arguments of the sampler functions below, checked once in Python before anything is
 traced (an unknown name or a bad value raises ``ValueError`` saying what to change). The work is compiled with
@@ -200,7 +201,8 @@ def sample_unipc(
                   for k in range(1, order + 1)]
     correctors = [functools.partial(multistep.unipc_correct_update, order=k, variant=variant)
                   for k in range(1, order + 1)]
-    return multistep.multistep_loop(score, sde, key, x, _grid(sde, x, ts, steps, grid, rho, eps), predictors, lower_order_final=lower_order_final, correctors=correctors)
+    return multistep.multistep_loop(score, sde, key, x, _grid(sde, x, ts, steps, grid, rho, eps), predictors,
+                                    lower_order_final=lower_order_final, correctors=correctors)
 
 
 def sample_heun(
