@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
+from tests.helpers import reference_and_floor
 from sde_jax.eval import count_compiles
 from sde_jax.losses import dsm_loss
 from sde_jax.nn import ScoreMLP
@@ -119,9 +120,7 @@ sliced_w1 = jax.jit(lambda x, y: sj.sliced_wasserstein(jax.random.key(3), x, y))
 @pytest.fixture(scope="module")
 def reference():
     """A reference set of the sharp mixture and the noise floor (mean sliced W1 of 8 independent sets to it)."""
-    draw = jax.jit(lambda key: SHARP.sample(key, B))
-    ref = draw(jax.random.key(1))
-    return ref, float(np.mean([float(sliced_w1(draw(jax.random.key(100 + i)), ref)) for i in range(8)]))
+    return reference_and_floor(SHARP, B, sliced_w1)
 
 
 COSINE_CASES = [

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
-from tests.counting import Counted
+from tests.helpers import Counted, reference_and_floor
 from sde_jax import sampling
 from sde_jax.sampling import multistep
 from tests.test_architecture import CosineSDE
@@ -150,9 +150,7 @@ SDES = {"vp": sj.VPSDE(), "subvp": sj.SubVPSDE(), "ve": sj.VESDE(sigma_max=10.0)
 
 @pytest.fixture(scope="module")
 def reference():
-    draw = jax.jit(lambda key: SHARP.sample(key, B))
-    ref = draw(jax.random.key(1))
-    return ref, float(np.mean([float(sliced_w1(draw(jax.random.key(100 + i)), ref)) for i in range(8)]))
+    return reference_and_floor(SHARP, B, sliced_w1)
 
 
 # (sde, method, options, expected nfe incl. the denoising step): every method, every SDE at least once

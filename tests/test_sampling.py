@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import sde_jax as sj
-from tests.counting import Counted
+from tests.helpers import Counted, reference_and_floor
 from sde_jax import sampling
 
 B = 2000  # samples per run
@@ -57,13 +57,7 @@ sliced_w1 = jax.jit(lambda x, y: sj.sliced_wasserstein(SW_KEY, x, y))
 @pytest.fixture(scope="module")
 def reference():
     """Per dimension: a reference sample set and the noise floor (mean over 8 independent sets)."""
-    out = {}
-    for dim, mix in MIXTURES.items():
-        draw = jax.jit(lambda key, mix=mix: mix.sample(key, B))
-        ref = draw(jax.random.key(1))
-        floor = np.mean([float(sliced_w1(draw(jax.random.key(100 + i)), ref)) for i in range(8)])
-        out[dim] = (ref, floor)
-    return out
+    return {dim: reference_and_floor(mix, B, sliced_w1) for dim, mix in MIXTURES.items()}
 
 
 def run_counted(dim, sde_name, method, options, scale=1.0, seed=0):
