@@ -116,13 +116,14 @@ def fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def load_note(rows: list[tuple[str, dict]]) -> list[str]:
-    """The shared-machine sentence for a table of records carrying ``load_avg_1min`` (empty if none does)."""
+def load_note(rows: list[tuple[str, dict]], timing: str = "timings are minima over repeats") -> list[str]:
+    """The shared-machine sentence for a table of records carrying ``load_avg_1min`` (empty if none does), ending
+    with how the ``timing`` was taken."""
     loads = sorted({r["load_avg_1min"] for _, r in rows if r.get("load_avg_1min") is not None})
     if not loads:
         return []
     return [f"Shared machine: 1-minute load average {loads[0]}-{loads[-1]} on {os.cpu_count()} cores during these "
-            "runs (each JSON has `load_avg_1min`); timings are minima over repeats.", ""]
+            f"runs (each JSON has `load_avg_1min`); {timing}.", ""]
 
 
 def add_solve_args(p: argparse.ArgumentParser, name_help: str) -> None:

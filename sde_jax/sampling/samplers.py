@@ -34,6 +34,12 @@ method             what it integrates                                           
 ``"heun"``         EDM's Heun sampler (Karras et al. 2022, Alg. 1), with Alg. 2's   steps=17, grid="edm",
                    churn when s_churn > 0 (2 evaluations per step)                  s_churn=0, s_tmin=0,
                                                                                     s_tmax=inf, s_noise=1
+``"picard"``       parallel-in-time (Shih et al. 2023, ParaDiGMS): the trajectory   base="ddim", window=16,
+                   of the fixed-grid sampler ``base`` (ddim, ancestral, pc, heun;   tol=0.1, devices=1, and the
+                   its noise drawn from the same key) by Picard sweeps over a       options of ``base``
+                   sliding window, sharded over ``devices``; tol = 0 reproduces
+                   the sequential run. info adds sweeps (the parallel depth),
+                   accepted, residuals
 ================== ================================================================ ==============================
 
 The multistep methods (:mod:`sde_jax.sampling.multistep`) use one evaluation per step, lower orders while their
@@ -62,7 +68,7 @@ import functools
 import inspect
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -72,8 +78,9 @@ from sde_jax.sampling import grids
 from sde_jax.sampling.diffrax_solves import pf_ode_solve, reverse_sde_solve
 from sde_jax.sampling.solvers import ADAPTIVE_ODE_SOLVERS, ODE_SOLVERS, SDE_SOLVERS
 from sde_jax.sampling import multistep
-from sde_jax.sampling.steps import (PREDICTORS, ancestral_step, ddim_step, heun_step, langevin_step,
-                                    stochastic_heun_step, step_loop)
+from sde_jax.sampling.picard import picard_loop
+from sde_jax.sampling.steps import (PREDICTORS, ancestral_step, ddim_step, heun_step, interval_loop,
+                                    interval_update, langevin_step, stochastic_heun_step)
 from sde_jax.score import denoise as tweedie
 from sde_jax.sde import LinearSDE
 
@@ -114,38 +121,93 @@ def sample_sde(
                              brownian=brownian)
 
 
-def sample_pc(
-    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, steps: int = 1000, grid: str = "uniform",
-    rho: float = 7.0, ts=None, eps: float | None = None, predictor: str = "reverse_diffusion", n_corrector: int = 1,
-    snr: float | None = None,
-) -> tuple[Array, int]:
+class StepPlan(NamedTuple):
+    """A fixed-grid sampler as data: its grid ``ts``, the map of one interval ``interval(score, sde, key, x, t,
+    t_next) -> x_next`` (:func:`~sde_jax.sampling.steps.interval_update` with the method's steps) and the score
+    evaluations one interval costs. :func:`run_plan` runs it sequentially (``interval_loop``); the Picard sampler
+    (:mod:`sde_jax.sampling.picard`) solves for the same trajectory in parallel."""
+    ts: Array
+    interval: Callable[..., Array]
+    evals: int
+
+
+def run_plan(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, plan: StepPlan) -> tuple[Array, int]:
+    """The sequential run of ``plan``: one ``lax.scan`` over its grid. nfe = evals x steps."""
+    return interval_loop(score, sde, key, x, plan.ts, plan.interval), plan.evals * (plan.ts.shape[0] - 1)
+
+
+def _plan(ts: Array, predictor, evals: int = 1, **loop) -> StepPlan:
+    return StepPlan(ts, functools.partial(interval_update, predictor=predictor, **loop), evals)
+
+
+def plan_pc(
+    sde: LinearSDE, x: Array, *, steps: int = 1000, grid: str = "uniform", rho: float = 7.0, ts=None,
+    eps: float | None = None, predictor: str = "reverse_diffusion", n_corrector: int = 1, snr: float | None = None,
+) -> StepPlan:
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3; score_sde ``pc_sampler``): at each t_k of the grid,
     ``n_corrector`` Langevin steps (``langevin_step``, ``snr`` default ``sde.corrector_snr``), then one predictor
     step t_k -> t_{k+1} (``reverse_diffusion_step`` or ``euler_maruyama_step``). nfe = steps (1 + n_corrector)."""
     snr = sde.corrector_snr if snr is None else snr
-    return step_loop(score, sde, key, x, grids.resolve(sde, ts, steps, grid, rho, eps), PREDICTORS[predictor],
-                     corrector=functools.partial(langevin_step, snr=snr), n_corrector=n_corrector)
+    return _plan(grids.resolve(sde, ts, steps, grid, rho, eps), PREDICTORS[predictor], 1 + n_corrector,
+                 corrector=functools.partial(langevin_step, snr=snr), n_corrector=n_corrector)
 
 
-def sample_ancestral(
-    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, steps: int | None = None, grid: str = "uniform",
-    rho: float = 7.0, ts=None, eps: float | None = None,
-) -> tuple[Array, int]:
+def plan_ancestral(
+    sde: LinearSDE, x: Array, *, steps: int | None = None, grid: str = "uniform", rho: float = 7.0, ts=None,
+    eps: float | None = None,
+) -> StepPlan:
     """Ancestral sampling (Ho et al. 2020, Alg. 2; score_sde ``AncestralSamplingPredictor``): one ``ancestral_step``
     per grid interval between the discrete levels the times stand for. The default, ``steps = N - 1`` uniform
     steps from T to eps, visits every level once (score_sde's N - 1 transitions; with the denoising step, its N
     updates). nfe = steps."""
     steps = sde.N - 1 if steps is None else steps
-    return step_loop(score, sde, key, x, grids.resolve(sde, ts, steps, grid, rho, eps), ancestral_step)
+    return _plan(grids.resolve(sde, ts, steps, grid, rho, eps), ancestral_step)
 
 
-def sample_ddim(
-    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, steps: int = 50, grid: str = "uniform",
-    rho: float = 7.0, ts=None, eps: float | None = None, eta: float = 0.0,
-) -> tuple[Array, int]:
+def plan_ddim(
+    sde: LinearSDE, x: Array, *, steps: int = 50, grid: str = "uniform", rho: float = 7.0, ts=None,
+    eps: float | None = None, eta: float = 0.0,
+) -> StepPlan:
     """DDIM (Song, Meng & Ermon 2021): one ``ddim_step`` per grid interval. nfe = steps."""
-    return step_loop(score, sde, key, x, grids.resolve(sde, ts, steps, grid, rho, eps),
-                     functools.partial(ddim_step, eta=eta))
+    return _plan(grids.resolve(sde, ts, steps, grid, rho, eps), functools.partial(ddim_step, eta=eta))
+
+
+def plan_heun(
+    sde: LinearSDE, x: Array, *, steps: int = 17, grid: str = "edm", rho: float = 7.0, ts=None,
+    eps: float | None = None, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> StepPlan:
+    """EDM's sampler (Karras et al. 2022): Heun steps on the rho-grid (``heun_step``, Alg. 1), with ``s_churn`` > 0
+    the stochastic sampler (``stochastic_heun_step``, Alg. 2) with gamma = min(s_churn / (steps + 1), sqrt(2) - 1),
+    steps + 1 being EDM's N (which counts the final step to s~ = 0, the denoising step here); ``s_tmin``,
+    ``s_tmax`` bound the noise levels s~ = sigma / alpha that are churned, ``s_noise`` scales the added noise.
+    The default, 17 steps, is EDM's N = 18 (35 NFE with the denoising step). nfe = 2 steps."""
+    ts = _grid(sde, x, ts, steps, grid, rho, eps)
+    step = heun_step
+    if s_churn > 0:
+        gamma = min(s_churn / ts.shape[0], math.sqrt(2.0) - 1.0)
+        step = functools.partial(stochastic_heun_step, gamma=gamma, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    return _plan(ts, step, 2)
+
+
+def sample_pc(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, **options) -> tuple[Array, int]:
+    """:func:`plan_pc`, run sequentially."""
+    return run_plan(score, sde, key, x, plan_pc(sde, x, **options))
+
+
+def sample_ancestral(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, **options) -> tuple[Array, int]:
+    """:func:`plan_ancestral`, run sequentially."""
+    return run_plan(score, sde, key, x, plan_ancestral(sde, x, **options))
+
+
+def sample_ddim(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, **options) -> tuple[Array, int]:
+    """:func:`plan_ddim`, run sequentially."""
+    return run_plan(score, sde, key, x, plan_ddim(sde, x, **options))
+
+
+def sample_heun(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, **options) -> tuple[Array, int]:
+    """:func:`plan_heun`, run sequentially."""
+    return run_plan(score, sde, key, x, plan_heun(sde, x, **options))
 
 
 def _grid(sde: LinearSDE, x: Array, ts, steps, grid, rho, eps) -> Array:
@@ -205,29 +267,28 @@ def sample_unipc(
                                     lower_order_final=lower_order_final, correctors=correctors)
 
 
-def sample_heun(
-    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, steps: int = 17, grid: str = "edm", rho: float = 7.0,
-    ts=None, eps: float | None = None, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-    s_noise: float = 1.0,
-) -> tuple[Array, int]:
-    """EDM's sampler (Karras et al. 2022): Heun steps on the rho-grid (``heun_step``, Alg. 1), with ``s_churn`` > 0
-    the stochastic sampler (``stochastic_heun_step``, Alg. 2) with gamma = min(s_churn / (steps + 1), sqrt(2) - 1),
-    steps + 1 being EDM's N (which counts the final step to s~ = 0, the denoising step here); ``s_tmin``,
-    ``s_tmax`` bound the noise levels s~ = sigma / alpha that are churned, ``s_noise`` scales the added noise.
-    The default, 17 steps, is EDM's N = 18 (35 NFE with the denoising step). nfe = 2 steps."""
-    ts = _grid(sde, x, ts, steps, grid, rho, eps)
-    step = heun_step
-    if s_churn > 0:
-        gamma = min(s_churn / ts.shape[0], math.sqrt(2.0) - 1.0)
-        step = functools.partial(stochastic_heun_step, gamma=gamma, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
-    x, n = step_loop(score, sde, key, x, ts, step)
-    return x, 2 * n
+PLANS: dict[str, Callable[..., StepPlan]] = {"pc": plan_pc, "ancestral": plan_ancestral, "ddim": plan_ddim,
+                                            "heun": plan_heun}
+
+
+def sample_picard(
+    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, base: str = "ddim", window: int = 16, tol: float = 0.1,
+    devices: int = 1, **base_options,
+) -> tuple[Array, dict[str, Array]]:
+    """Parallel-in-time sampling (Shih et al. 2023, ParaDiGMS): the trajectory of the fixed-grid sampler ``base``
+    (``"ddim"``, ``"ancestral"``, ``"pc"`` or ``"heun"``, with its own options ``base_options`` and the same key)
+    found by Picard iteration over a sliding window of ``window`` steps, sharded over ``devices`` local devices
+    (:func:`~sde_jax.sampling.picard.picard_loop`). ``tol`` = 0 reproduces the sequential sampler to float
+    rounding; info adds ``sweeps`` (the parallel depth), ``accepted`` and ``residuals``."""
+    plan = PLANS[base](sde, x, **base_options)
+    return picard_loop(score, sde, key, x, plan.ts, plan.interval, plan.evals, window=window, tol=tol,
+                       devices=devices)
 
 
 SAMPLERS: dict[str, Callable[..., tuple[Array, Any]]] = {
     "ode": sample_ode, "sde": sample_sde, "pc": sample_pc, "ancestral": sample_ancestral, "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "unipc": sample_unipc, "heun": sample_heun,
+    "unipc": sample_unipc, "heun": sample_heun, "picard": sample_picard,
 }
 LOG_SNR_METHODS = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")  # need sigma(t) > 0 on the whole grid
 UNIPC_ORDERS = (1, 2, 3)
@@ -320,24 +381,24 @@ def _check_steps(method: str, v, allow_none: bool) -> None:
 
 
 def _validate(method: str, sde: LinearSDE, options: dict) -> dict:
-    """All keyword options of the sampler of ``method``: ``options`` bound to its signature, defaults filled in,
-    every value checked; ``eps`` resolved (default ``sde.eps``) and ``ts`` a tuple of float32 values."""
-    fn = SAMPLERS[method]
-    sig = inspect.signature(fn)
-    names = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
-    try:
-        bound = sig.bind(None, None, None, None, **options)
-    except TypeError as e:
-        raise ValueError(f"unknown option for method={method!r} ({e}); valid options: {sorted(names)} and "
-                         "denoise.") from None
-    bound.apply_defaults()
-    opts = {n: bound.arguments[n] for n in names}
+    """All keyword options of the sampler of ``method`` (its plan's, for the fixed-grid samplers): ``options``
+    checked against its keyword-only parameters, defaults filled in, every value checked; ``eps`` resolved (default
+    ``sde.eps``) and ``ts`` a tuple of float32 values. For ``"picard"``, its own options and those of its base."""
+    if method == "picard":
+        return _validate_picard(sde, options)
+    fn = PLANS.get(method, SAMPLERS[method])
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"unknown option {unknown} for method={method!r}; valid options: {sorted(params)} and "
+                         "denoise.")
+    opts = {n: options.get(n, p.default) for n, p in params.items()}
     for name, value in opts.items():
         if name == "solver":
             _SOLVER_CHECKS[method](name, value)
         elif name in _CHECKS:
             _CHECKS[name](name, value)
-    _check_steps(method, opts["steps"], allow_none=sig.parameters["steps"].default is None)
+    _check_steps(method, opts["steps"], allow_none=params["steps"].default is None)
 
     if opts["ts"] is not None:
         clash = sorted(set(options) & {"steps", "grid", "rho", "eps"})
@@ -378,6 +439,31 @@ def _validate(method: str, sde: LinearSDE, options: dict) -> dict:
     return opts
 
 
+def _validate_picard(sde: LinearSDE, options: dict) -> dict:
+    own = {n: p.default for n, p in inspect.signature(sample_picard).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    opts = {n: options.get(n, d) for n, d in own.items()}
+    if opts["base"] not in PLANS:
+        raise ValueError(f"method='picard' iterates a fixed-grid sampler: base must be one of {sorted(PLANS)}; got "
+                         f"base={opts['base']!r}. The multistep solvers carry a history between steps, which a Picard "
+                         "sweep would have to rebuild.")
+    _int_at_least(1)("window", opts["window"])
+    _non_negative("the accepted change per step, in units of the step's noise std; 0 = exact")("tol", opts["tol"])
+    _int_at_least(1)("devices", opts["devices"])
+    if opts["devices"] > jax.local_device_count():
+        raise ValueError(f"devices={opts['devices']} but this process has {jax.local_device_count()} local "
+                         "devices.")
+    if opts["window"] % opts["devices"]:
+        raise ValueError(f"window={opts['window']} must be a multiple of devices={opts['devices']} (each device "
+                         "evaluates window / devices steps of a sweep).")
+    base = _validate(opts["base"], sde, {n: v for n, v in options.items() if n not in own})
+    steps = len(base["ts"]) - 1 if base["ts"] is not None else base["steps"]
+    if steps is not None and opts["window"] > steps and opts["window"] % opts["devices"] == 0 and \
+            steps % opts["devices"]:
+        raise ValueError(f"the window is cut to the {steps} steps of the grid, which must then be a multiple of "
+                         f"devices={opts['devices']}.")
+    return {**opts, **base}
+
+
 def _check_denoise(denoise, opts: dict) -> float:
     """The last time of the solve, where the denoising step reads the score."""
     if not isinstance(denoise, bool):
@@ -405,10 +491,11 @@ def _check_shape(shape) -> tuple[int, ...]:
 def _sample(score, sde, key, shape, method, denoise, t_end, options):
     k_prior, k_run = jax.random.split(key)
     x = sde.prior_sample(k_prior, shape).astype(jnp.float32)
-    x, nfe = SAMPLERS[method](score, sde, k_run, x, **options)
+    x, out = SAMPLERS[method](score, sde, k_run, x, **options)
+    info = dict(out) if isinstance(out, dict) else {"nfe": out}
     if denoise:
-        x, nfe = tweedie(score, sde, x, t_end), nfe + 1
-    return x, {"nfe": jnp.asarray(nfe, jnp.int32)}
+        x, info["nfe"] = tweedie(score, sde, x, t_end), info["nfe"] + 1
+    return x, {**info, "nfe": jnp.asarray(info["nfe"], jnp.int32)}
 
 
 def sample(
@@ -423,7 +510,7 @@ def sample(
       key: a ``jax.random`` key (prior sample and, for stochastic methods, the noise).
       shape: ``(B, *data_shape)``; a batch dimension is required.
       method: ``"ode"``, ``"sde"``, ``"pc"``, ``"ancestral"``, ``"ddim"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``,
-        ``"dpmpp_2m_sde"``, ``"unipc"`` or ``"heun"``; options as in the module docstring.
+        ``"dpmpp_2m_sde"``, ``"unipc"``, ``"heun"`` or ``"picard"``; options as in the module docstring.
 
     Returns:
       ``(samples, info)``: samples of shape ``shape``; ``info["nfe"]`` the number of score evaluations (int32

@@ -12,6 +12,7 @@ all run on it. Each step costs one score evaluation, except EDM's Heun steps (tw
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -177,42 +178,66 @@ def forward_step(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, t, t_next
 PREDICTORS: dict[str, Step] = {"reverse_diffusion": reverse_diffusion_step, "euler_maruyama": euler_maruyama_step}
 
 
-def step_loop(
-    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, ts: Array, predictor: Step, *,
-    corrector: Step | None = None, n_corrector: int = 0, n_resample: int = 1, project: Project | None = None,
-) -> tuple[Array, int]:
-    """Run ``predictor`` over the grid ``ts`` (decreasing) as one ``lax.scan``; returns (x at ts[-1], nfe).
+def interval_update(
+    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, t, t_next, *, predictor: Step, corrector: Step | None = None,
+    n_corrector: int = 0, n_resample: int = 1, project: Project | None = None,
+) -> Array:
+    """One grid interval t -> t_next of :func:`step_loop`: ``n_resample`` = U rounds of (Lugmayr et al. 2022,
+    RePaint, Alg. 1)
 
-    For each interval t_k -> t_{k+1}, ``n_resample`` = U rounds of (Lugmayr et al. 2022, RePaint, Alg. 1):
+        n_corrector times   x <- corrector(x, t, t)
+        once                x <- predictor(x, t, t_next)
+        if not the last     x <- forward_step(x, t_next, t)
 
-        n_corrector times   x <- corrector(x, t_k, t_k)
-        once                x <- predictor(x, t_k, t_{k+1})
-        if not the last     x <- forward_step(x, t_{k+1}, t_k)
-
-    with ``project(key, x, t)`` applied after every update (and once to the initial x at ts[0]): the hook of
-    replacement inpainting (Song et al. 2021, App. I.2). U = 1 and no corrector is a plain predictor loop.
-    nfe = steps U (1 + n_corrector), a static count.
+    with ``project(key, x, t)`` applied after every update. All randomness comes from ``key`` (the interval's key),
+    so the map x -> x_next is a fixed function once the key is drawn: the Picard sampler iterates exactly this map.
     """
-    steps = ts.shape[0] - 1
-    keys = jax.random.split(key, steps + 1)
-
     def update(step, k, x, t, t_next):
         k_step, k_proj = jax.random.split(k)
         x = step(score, sde, k_step, x, t, t_next)
         return x if project is None else project(k_proj, x, t_next)
 
+    for u in range(n_resample):
+        ku = jax.random.fold_in(key, u)
+        for c in range(n_corrector):
+            x = update(corrector, jax.random.fold_in(ku, c), x, t, t)
+        x = update(predictor, jax.random.fold_in(ku, n_corrector), x, t, t_next)
+        if u < n_resample - 1:
+            x = update(forward_step, jax.random.fold_in(ku, n_corrector + 1), x, t_next, t)
+    return x
+
+
+def interval_keys(key: Array, steps: int) -> Array:
+    """The keys of a run of ``steps`` intervals: key k drives interval k (:func:`interval_update`), the last one
+    (index ``steps``) the projection of the initial state. Shared by :func:`step_loop` and the Picard sampler, so
+    both draw the same noise from the same key."""
+    return jax.random.split(key, steps + 1)
+
+
+def interval_loop(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, ts: Array, interval: Callable) -> Array:
+    """x at ts[-1]: ``interval(score, sde, key_k, x, t_k, t_{k+1})`` over the grid ``ts`` (decreasing) as one
+    ``lax.scan``, key_k from :func:`interval_keys`."""
+    keys = interval_keys(key, ts.shape[0] - 1)
+
     def body(x, inp):
         t, t_next, k = inp
-        for u in range(n_resample):
-            ku = jax.random.fold_in(k, u)
-            for c in range(n_corrector):
-                x = update(corrector, jax.random.fold_in(ku, c), x, t, t)
-            x = update(predictor, jax.random.fold_in(ku, n_corrector), x, t, t_next)
-            if u < n_resample - 1:
-                x = update(forward_step, jax.random.fold_in(ku, n_corrector + 1), x, t_next, t)
-        return x, None
+        return interval(score, sde, k, x, t, t_next), None
 
+    return jax.lax.scan(body, x, (ts[:-1], ts[1:], keys[:-1]))[0]
+
+
+def step_loop(
+    score: ScoreFn, sde: LinearSDE, key: Array, x: Array, ts: Array, predictor: Step, *,
+    corrector: Step | None = None, n_corrector: int = 0, n_resample: int = 1, project: Project | None = None,
+) -> tuple[Array, int]:
+    """Run ``predictor`` over the grid ``ts`` (decreasing): :func:`interval_update` in :func:`interval_loop`;
+    returns (x at ts[-1], nfe). ``project`` is also applied once to the initial x at ts[0], with the last key of
+    :func:`interval_keys` (the hook of replacement inpainting, Song et al. 2021, App. I.2). U = 1 and no corrector
+    is a plain predictor loop. nfe = steps U (1 + n_corrector), a static count.
+    """
+    steps = ts.shape[0] - 1
+    interval = functools.partial(interval_update, predictor=predictor, corrector=corrector, n_corrector=n_corrector,
+                                 n_resample=n_resample, project=project)
     if project is not None:
-        x = project(keys[-1], x, ts[0])
-    x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:], keys[:-1]))
-    return x, steps * n_resample * (1 + n_corrector)
+        x = project(interval_keys(key, steps)[-1], x, ts[0])
+    return interval_loop(score, sde, key, x, ts, interval), steps * n_resample * (1 + n_corrector)
