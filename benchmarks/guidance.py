@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     uncond = uncond_score(jnp.zeros((args.inpaint,), jnp.int32))
     rows = [from_model_scale(x_known * mask + (1 - mask) * -1.0, cfg.data.scale)]
     result["inpainting"] = []
-    for name, opts in (("replacement", {"n_resample": 1}), ("repaint_u4", {"n_resample": 4})):
+    for name, opts in (("replacement", {"method": "replacement"}), ("repaint_u4", {"method": "repaint", "n_resample": 4})):
         t0 = time.perf_counter()
         x, info = sj.inpaint(uncond, sde, jax.random.fold_in(key, 5), x_known, mask, steps=args.inpaint_steps,
                              n_corrector=1, **opts)

@@ -10,6 +10,7 @@ from sde_jax.vdm import trained_score, vdm_elbo_bpd
 from sde_jax.eval import (evaluate_bpd, evaluate_nll, frechet_distance, gaussian_frechet_distance, kid,
                           sliced_wasserstein)
 from sde_jax.guidance import classifier_free_guidance, classifier_guidance, colorize, inpaint
+from sde_jax.smc import ClassTwist, InpaintTwist, smc_sample
 from sde_jax.losses import drop_labels
 from sde_jax.classifier import classifier_loss, noisy_classifier_loss
 

@@ -10,7 +10,8 @@ callable as ``score(x, t)``; labels, weights and network parameters are leaves),
 arguments: a new guidance weight or new labels reuse the compiled sampler. :func:`inpaint` and :func:`colorize`
 condition on a known linear part of the data by replacing it, after every update of the predictor-corrector loop
 (``sde_jax.sampling.steps.step_loop``'s projection hook), with a draw from the forward marginal of the known values
-(Song et al. 2021, App. I.2), optionally with RePaint's resampling (Lugmayr et al. 2022).
+(Song et al. 2021, App. I.2), optionally with RePaint's resampling (Lugmayr et al. 2022), or, asymptotically
+exactly, with the particle sampler of :mod:`sde_jax.smc` (``method="smc"``).
 """
 
 from __future__ import annotations
@@ -99,20 +100,37 @@ def _inpaint(score, sde, key, x_known, mask, steps, n_corrector, snr, n_resample
     return mask * x_known + (1.0 - mask) * x, {"nfe": jnp.asarray(nfe, jnp.int32)}
 
 
+INPAINT_METHODS = ("replacement", "repaint", "smc")
+
+
 def inpaint(
-    score: ScoreFn, sde: LinearSDE, key: Array, x_known: Array, mask: Array, *, steps: int = 1000,
-    n_corrector: int = 1, snr: float | None = None, n_resample: int = 1, eps: float | None = None,
-    denoise: bool = True,
+    score: ScoreFn, sde: LinearSDE, key: Array, x_known: Array, mask: Array, *, method: str = "replacement",
+    steps: int = 1000, n_corrector: int | None = None, snr: float | None = None, n_resample: int | None = None,
+    n_particles: int = 16, eps: float | None = None, denoise: bool = True,
 ) -> tuple[Array, dict]:
     """Sample the unknown part of ``x_known`` (``mask`` = 1 where known, broadcastable to x) given the rest.
 
-    Predictor-corrector sampling (reverse-diffusion predictor, ``n_corrector`` Langevin steps with ``snr``, default
-    ``sde.corrector_snr``; ``steps`` uniform steps from T to ``eps``, default ``sde.eps``) in which the known part
-    is replaced, after every update, by alpha(t) x_known + sigma(t) z. ``n_resample = 1`` is score_sde's replacement
-    inpainting; U > 1 repeats each step U times, re-noising from t_next back to t in between (RePaint), which lets
-    the unknown part agree with the known one. Returns (samples, info): the known values exactly;
-    ``info["nfe"]`` (int32) = steps U (1 + n_corrector) + denoise. Compiled once per shape and options.
+    ``method``:
+
+    * ``"replacement"`` (score_sde): predictor-corrector sampling (reverse-diffusion predictor, ``n_corrector``
+      Langevin steps, default 1, with ``snr``, default ``sde.corrector_snr``; ``steps`` uniform steps from T to
+      ``eps``) in which the known part is replaced, after every update, by alpha(t) x_known + sigma(t) z. **Biased**:
+      the unknown part never sees the known values except through the score, and no amount of compute removes
+      the error (a minority mode the observation selects is under-sampled).
+    * ``"repaint"`` (Lugmayr et al. 2022): replacement with each step repeated ``n_resample`` = U times (default 10;
+      ``n_corrector`` default 0), re-noising from t_next back to t in between, so the unknown part can agree with
+      the known one. Less biased, still not exact.
+    * ``"smc"``: the twisted diffusion sampler (:func:`sde_jax.smc.smc_sample`) with ``n_particles`` particles per
+      image, the linear-observation twist :class:`sde_jax.smc.InpaintTwist` and the known coordinates pinned at the
+      last level: asymptotically exact in the number of particles. ``steps`` default 1000 as the others.
+
+    Returns (samples, info): the known values exactly; ``info["nfe"]`` (int32) the batched score calls:
+    steps U (1 + n_corrector) + denoise for replacement / RePaint, steps + 1 + denoise for SMC (each call on all
+    B K particles; ``info["nfe_per_sample"]`` = K nfe), with SMC's ``ess`` and ``log_z`` (the log density of the
+    known part under the model at eps, at alpha(eps) x_known).
     """
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"unknown inpainting method={method!r}; choose one of {list(INPAINT_METHODS)}.")
     x_known = jnp.asarray(x_known)
     if x_known.ndim < 2:
         raise ValueError(f"x_known must be batched (B, *data_shape); got shape {x_known.shape}.")
@@ -122,6 +140,22 @@ def inpaint(
         raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to x_known's {x_known.shape}.") from None
     if not isinstance(mask, jax.core.Tracer) and not np.all((np.asarray(mask) == 0) | (np.asarray(mask) == 1)):
         raise ValueError("mask must hold only 0 (unknown) and 1 (known).")
+    if not isinstance(x_known, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x_known))):
+        raise ValueError("x_known holds NaN or inf values; put finite values (e.g. 0) where mask = 0.")
+    if method == "smc":
+        off = [n for n, v in (("n_corrector", n_corrector), ("snr", snr), ("n_resample", n_resample)) if v is not None]
+        if off:
+            raise ValueError(f"{off} belong to replacement / RePaint; method='smc' takes n_particles and steps.")
+        from sde_jax.smc import InpaintTwist, smc_sample
+        k = n_particles if isinstance(n_particles, int) and not isinstance(n_particles, bool) else 0
+        twist = InpaintTwist(jnp.repeat(x_known, max(k, 1), axis=0), jnp.repeat(mask, max(k, 1), axis=0), sde,
+                             jnp.zeros((), x_known.dtype))
+        return smc_sample(score, sde, key, x_known.shape, twist, n_particles=n_particles, steps=steps, eps=eps,
+                          pin=(mask, x_known), denoise=denoise)
+    n_corrector = (1 if method == "replacement" else 0) if n_corrector is None else n_corrector
+    n_resample = (1 if method == "replacement" else 10) if n_resample is None else n_resample
+    if method == "replacement" and n_resample != 1:
+        raise ValueError(f"n_resample={n_resample} is RePaint's: pass method='repaint' (or drop n_resample).")
     for name, v, low in (("steps", steps, 1), ("n_resample", n_resample, 1), ("n_corrector", n_corrector, 0)):
         if isinstance(v, bool) or int(v) != v or v < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {v}.")

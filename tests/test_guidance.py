@@ -82,7 +82,8 @@ def test_inpainting_against_exact_conditional(inpainting_case, n_corrector, n_re
     g, ref, floor = inpainting_case
     x_known = jnp.tile(jnp.array([[1.0, 0.0]]), (N, 1))
     x, info = inpaint(g.score_fn(SDE), SDE, jax.random.key(0), x_known, jnp.array([1.0, 0.0]), steps=200,
-                      n_corrector=n_corrector, n_resample=n_resample)
+                      method="replacement" if n_resample == 1 else "repaint", n_corrector=n_corrector,
+                      n_resample=n_resample)
     np.testing.assert_array_equal(x[:, 0], 1.0)  # known values returned exactly
     dist = float(np.mean(np.abs(np.sort(np.asarray(x[:, 1])) - ref)))
     if n_resample == 1:
