@@ -18,7 +18,8 @@ from sde_jax.sampling.grids import GRIDS, check_ts, time_grid
 from sde_jax.sampling.multistep import multistep_loop
 from sde_jax.sampling.picard import picard_loop, step_noise_variance
 from sde_jax.sampling.samplers import (METHODS, PLANS, SAMPLERS, StepPlan, decode, encode, plan_ancestral, plan_ddim,
-                                     plan_heun, plan_pc, run_plan, sample, sample_ancestral, sample_ddim,
+                                     plan_heun, plan_pc, run_plan, sample, sample_ancestral, sample_consistency,
+                                     sample_ddim,
                                      sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_heun, sample_ode,
                                      sample_pc, sample_picard, sample_sde, sample_unipc)
 from sde_jax.sampling.solvers import ODE_SOLVERS, SDE_SOLVERS, check_ode_solver, ode_nfe, ode_solver
@@ -29,7 +30,7 @@ from sde_jax.sampling.steps import (PREDICTORS, ancestral_step, ddim_step, edm_c
 __all__ = [
     "sample", "encode", "decode", "METHODS", "SAMPLERS", "GRIDS", "time_grid", "check_ts",
     "sample_ode", "sample_sde", "sample_pc", "sample_ancestral", "sample_ddim",
-    "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_heun", "sample_picard",
+    "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_heun", "sample_picard", "sample_consistency",
     "StepPlan", "PLANS", "plan_pc", "plan_ancestral", "plan_ddim", "plan_heun", "run_plan",
     "picard_loop", "step_noise_variance", "interval_update", "interval_loop", "interval_keys",
     "reverse_diffusion_step", "euler_maruyama_step", "ancestral_step", "ddim_step", "langevin_step", "forward_step",

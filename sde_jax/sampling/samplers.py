@@ -34,6 +34,9 @@ method             what it integrates                                           
 ``"heun"``         EDM's Heun sampler (Karras et al. 2022, Alg. 1), with Alg. 2's   steps=17, grid="edm",
                    churn when s_churn > 0 (2 evaluations per step)                  s_churn=0, s_tmin=0,
                                                                                     s_tmax=inf, s_noise=1
+``"consistency"``  a consistency model f(x, t) -> x_0 in place of the score (Song et al.  steps=1, grid="edm"
+                   2023): one step, or multistep with re-noising at ``ts``; no
+                   denoising step
 ``"picard"``       parallel-in-time (Shih et al. 2023, ParaDiGMS): the trajectory   base="ddim", window=16,
                    of the fixed-grid sampler ``base`` (ddim, ancestral, pc, heun;   tol=0.1, devices=1, and the
                    its noise drawn from the same key) by Picard sweeps over a       options of ``base``
@@ -285,10 +288,28 @@ def sample_picard(
                        devices=devices)
 
 
+def sample_consistency(
+    model: ScoreFn, sde: LinearSDE, key: Array, x: Array, *, steps: int = 1, grid: str = "edm", rho: float = 7.0,
+    ts=None, eps: float | None = None,
+) -> tuple[Array, int]:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1) with a consistency model ``model(x, t) -> x_0``
+    (:class:`sde_jax.distill.ConsistencyModel`) in place of the score: x_0 = f(x_T, T), then ``steps`` - 1 times
+    re-noise x_0 to the next time and map back. The noise-injection times are the first ``steps`` times of the
+    ``grid`` from T to ``eps`` (one step: T alone), or ``ts`` (decreasing, starting at T). nfe = steps."""
+    if ts is None:
+        ts = grids.time_grid(sde, steps, sde.T, sde.eps if eps is None else eps, grid, rho)[:-1]
+    ts = jnp.asarray(ts, x.dtype)
+    bt = lambda t: jnp.full((x.shape[0],), t, x.dtype)
+    x0 = model(x, bt(ts[0]))
+    for i in range(1, ts.shape[0]):
+        x0 = model(sde.marginal_sample(jax.random.fold_in(key, i), x0, bt(ts[i])), bt(ts[i]))
+    return x0, ts.shape[0]
+
+
 SAMPLERS: dict[str, Callable[..., tuple[Array, Any]]] = {
     "ode": sample_ode, "sde": sample_sde, "pc": sample_pc, "ancestral": sample_ancestral, "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m, "dpmpp_3m": sample_dpmpp_3m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "unipc": sample_unipc, "heun": sample_heun, "picard": sample_picard,
+    "unipc": sample_unipc, "heun": sample_heun, "picard": sample_picard, "consistency": sample_consistency,
 }
 LOG_SNR_METHODS = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")  # need sigma(t) > 0 on the whole grid
 UNIPC_ORDERS = (1, 2, 3)
@@ -523,7 +544,10 @@ def sample(
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method method={method!r}; choose one of {list(METHODS)}.")
     options = dict(options)
-    denoise = options.pop("denoise", True)
+    denoise = options.pop("denoise", method != "consistency")
+    if method == "consistency" and denoise:
+        raise ValueError("method='consistency' maps straight to x_0 (the model is a consistency function, not a "
+                         "score): drop denoise or pass denoise=False.")
     opts = _validate(method, sde, options)
     return _sample(score, sde, key, shape, method, denoise, _check_denoise(denoise, opts), opts)
 
