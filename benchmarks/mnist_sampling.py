@@ -186,7 +186,7 @@ def part_inpaint(b: Bench, args) -> list[dict]:
               f"{d['fd_classifier']:.3f} (floor {d['fd_floor']:.3f}), {seconds:.0f} s", flush=True)
         grid.append(from_model_scale(x, b.cfg.data.scale)[:10])
     grid.append(b.test[:10])
-    save_grid(np.concatenate(grid), 10, os.path.join(FIGURES, "mnist_inpainting_smc.png"))
+    save_grid(np.concatenate(grid), len(grid), os.path.join(FIGURES, "mnist_inpainting_smc.png"))
     return rows
 
 

@@ -71,7 +71,8 @@ PRESETS: dict[str, tuple[str, str, bool, float, int]] = {
 
 # The keyword options of sj.sample each method takes from config.sample (others keep the sampler's defaults).
 SAMPLER_KEYS = {"pc": ("steps", "predictor", "snr", "n_corrector"), "sde": ("steps",), "ode": (),
-                "ancestral": ("steps",), "ddim": ("steps",)}
+                "ancestral": ("steps",), "ddim": ("steps",), "dpmpp_2m": ("steps",), "dpmpp_3m": ("steps",),
+                "dpmpp_2m_sde": ("steps",), "unipc": ("steps",), "heun": ("steps",)}
 
 
 def get_config(preset: str = DEFAULT_PRESET) -> ConfigDict:

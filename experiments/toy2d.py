@@ -30,7 +30,7 @@ def get_config() -> ConfigDict:
     # VE's sigma_max: about the largest distance between two data points (Song & Ermon 2020, technique 1)
     c.sde.sigma_max = 12.0
     c.model = ConfigDict({"name": "mlp", "width": 256, "depth": 3, "embed": "fourier", "embed_dim": 64,
-                          "fourier_scale": 16.0})
+                          "fourier_scale": 16.0, "x_levels": 0, "x_scale": 4.0})
     c.train.update(steps=4000, batch_size=512, lr=2e-3, warmup=200)
     c.sample.update(method="ode", n=5000, steps=config_dict.placeholder(int))
     c.eval = ConfigDict({"nll_examples": 2000})

@@ -301,3 +301,14 @@ def test_a_learned_schedule_trains_and_comes_back_from_its_checkpoint(tmp_path):
     x, t = jnp.linspace(-1.0, 1.0, 8).reshape(4, 2), jnp.full((4,), 0.3)
     evaluate = eqx.filter_jit(lambda s: s(x, t))  # one compiled evaluation for both score models
     np.testing.assert_allclose(evaluate(restored.score_fn()), evaluate(score), rtol=1e-5, atol=1e-6)
+    # the one-file export of the EMA weights (what the repo commits) restores to the same model
+    from sde_jax.train.checkpoint import export_weights
+    export_weights(str(tmp_path), str(tmp_path / "export"), "python -m ...")
+    exported = restore(str(tmp_path / "export"))
+    assert exported.step == restored.step and isinstance(exported.sde, sj.LearnedVDMSDE)
+    np.testing.assert_allclose(evaluate(exported.score_fn()), evaluate(score), rtol=1e-5, atol=1e-6)
+    c.model.width = 8  # weights that do not belong to the config: a clear error
+    from sde_jax.train.checkpoint import save_config
+    save_config(str(tmp_path / "export"), c)
+    with pytest.raises(ValueError, match="shape|parameters"):
+        restore(str(tmp_path / "export"))

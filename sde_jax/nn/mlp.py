@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from sde_jax.nn.embeddings import TimeEmbedding
 
@@ -15,6 +16,10 @@ class ScoreMLP(nn.Module):
 
     h_0 = Dense(x);  h_{l+1} = h_l + Dense(SiLU(Dense(SiLU(LN(h_l))) + Dense(temb)));  out = Dense_0(SiLU(LN(h_L))).
     The output layer starts at zero, so an untrained "eps" network predicts no noise.
+
+    ``x_levels`` = L > 0 feeds h_0 the positional encoding of x as well (NeRF's gamma, Mildenhall et al. 2020):
+    sin(2^k pi x / x_scale), cos(2^k pi x / x_scale) for k < L, which lets a small MLP draw sharp edges (VDM's
+    Fourier features of z serve the same purpose for images).
     """
 
     width: int = 256
@@ -22,13 +27,21 @@ class ScoreMLP(nn.Module):
     embed: str = "fourier"
     embed_dim: int = 64
     fourier_scale: float = 16.0
+    x_levels: int = 0
+    x_scale: float = 4.0
 
     @nn.compact
     def __call__(self, x: Array, t: Array) -> Array:
         shape = x.shape
         x = x.reshape(shape[0], -1)
         temb = nn.silu(TimeEmbedding(self.embed_dim, self.embed, self.fourier_scale)(t))
-        h = nn.Dense(self.width)(x)
+        if self.x_levels:
+            freqs = jnp.pi * 2.0 ** jnp.arange(self.x_levels) / self.x_scale
+            ang = (x[:, :, None] * freqs).reshape(shape[0], -1)
+            x_in = jnp.concatenate([x, jnp.sin(ang), jnp.cos(ang)], axis=-1)
+        else:
+            x_in = x
+        h = nn.Dense(self.width)(x_in)
         for _ in range(self.depth):
             r = nn.Dense(self.width)(nn.silu(nn.LayerNorm()(h)))
             r = r + nn.Dense(self.width)(temb)

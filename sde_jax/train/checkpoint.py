@@ -175,8 +175,14 @@ class Restored:
         return trained_score(self.model.apply, self.params, self.init_sde, self.config.loss.parameterization, y)
 
 
+WEIGHTS_FILE = "ema_weights.msgpack"
+
+
 def restore(workdir: str, ema: bool = True) -> Restored:
-    """The latest checkpoint of ``workdir`` with the config it was trained with (EMA parameters by default)."""
+    """The latest checkpoint of ``workdir`` with the config it was trained with (EMA parameters by default).
+
+    A folder written by :func:`export_weights` (``config.json`` and one ``ema_weights.msgpack``, no
+    ``checkpoints/``) restores the same way: that is how committed pretrained weights are read."""
     cfg = ml_collections.ConfigDict(load_config(workdir))
     model = model_from_config(cfg.model)
     sde = sde_from_config(cfg.sde)
@@ -184,16 +190,71 @@ def restore(workdir: str, ema: bool = True) -> Restored:
     optimizer = optimizer_from_config(cfg.train)
     target = jax.eval_shape(lambda: init_train_state(init_params(model, jax.random.key(0), example, sde),
                                                      optimizer))  # shapes only: nothing is computed
+    weights = os.path.join(workdir, WEIGHTS_FILE)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.exists(weights):
+        if not ema:
+            raise ValueError(f"{workdir} holds exported EMA weights only; restore it with ema=True.")
+        params, step = _read_weights(weights, target.ema_params)
+        return Restored(model, params, schedule_of(params, sde), cfg, step, init_sde=sde)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     try:
         restored = ckpt.restore(target)
     finally:
         ckpt.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints (nor an exported {WEIGHTS_FILE}); train "
+                                "first.")
     state, meta = restored
     params = state.ema_params if ema else state.params
     return Restored(model, params, schedule_of(params, sde), cfg, int(meta["step"]), init_sde=sde)
+
+
+def _read_weights(path: str, target: Any) -> tuple[Any, int]:
+    """The parameters stored by :func:`export_weights`, put into the structure of ``target`` (the config's model)
+    leaf by leaf, after checking that the leaves' paths and shapes are the model's."""
+    import flax.serialization
+
+    with open(path, "rb") as f:
+        blob = flax.serialization.msgpack_restore(f.read())
+    paths, leaves = _paths(target)
+    stored = [blob["leaves"][str(i)] for i in range(len(blob["leaves"]))]
+    if [blob["paths"].get(str(i)) for i in range(len(blob["paths"]))] != paths:
+        raise ValueError(f"{path} does not hold the parameters of this config's model: {len(stored)} stored arrays "
+                         f"against {len(leaves)} in the model, or their names differ.")
+    for name, a, b in zip(paths, stored, leaves):
+        if np.shape(a) != b.shape:
+            raise ValueError(f"{path}: {name} has shape {np.shape(a)} where the config's model has {b.shape}.")
+    return jax.tree.unflatten(jax.tree.structure(target), [jnp.asarray(a) for a in stored]), int(blob["step"])
+
+
+def _paths(tree: Any) -> tuple[list[str], list[Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(k) for k, _ in flat], [v for _, v in flat]
+
+
+def export_weights(workdir: str, out_dir: str, command: str = "") -> str:
+    """Write the EMA parameters of ``workdir``'s latest checkpoint as one file ``out_dir/ema_weights.msgpack``
+    beside its ``config.json`` (and ``command.txt``, the command that trained it): a few MB to commit, restored by
+    :func:`restore` (``restore(out_dir)``). Refuses non-finite weights. Returns the file's path."""
+    import flax.serialization
+
+    r = restore(workdir)
+    if not all_finite(r.params):
+        raise CheckpointError(f"the EMA parameters of {workdir} are not finite; not exporting them.")
+    os.makedirs(out_dir, exist_ok=True)
+    save_config(out_dir, r.config)
+    path = os.path.join(out_dir, WEIGHTS_FILE)
+    paths, leaves = _paths(r.params)  # any pytree (a learned schedule's equinox module too), leaf by leaf
+    blob = flax.serialization.msgpack_serialize({
+        "paths": {str(i): p for i, p in enumerate(paths)},
+        "leaves": {str(i): np.asarray(v) for i, v in enumerate(leaves)}, "step": r.step})
+    with open(path + ".tmp", "wb") as f:
+        f.write(blob)
+    os.replace(path + ".tmp", path)
+    if command:
+        with open(os.path.join(out_dir, "command.txt"), "w") as f:
+            f.write(command.strip() + "\n")
+    return path
 
 
 def restore_for_eval(workdir: str, ema: bool = True) -> tuple[Any, SDE, ml_collections.ConfigDict]:
