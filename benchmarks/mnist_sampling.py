@@ -24,6 +24,7 @@ Writes ``benchmarks/results/mnist_sampling_<part>.json`` and the table between t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -69,11 +70,7 @@ class Bench:
 
     def score(self, y, w: float):
         cond = self.model.score_fn(y)
-        if w == 0:
-            return cond
-        null = sj.score_fn(self.model.model.apply, self.model.params, self.sde, self.cfg.loss.parameterization,
-                           jnp.full_like(y, self.k))
-        return sj.classifier_free_guidance(cond, null, w)
+        return cond if w == 0 else sj.classifier_free_guidance(cond, self.null_score(y.shape[0]), w)
 
     def null_score(self, n: int):
         return sj.score_fn(self.model.model.apply, self.model.params, self.sde, self.cfg.loss.parameterization,
@@ -93,15 +90,20 @@ class Bench:
     def labels_of(self, x):
         return predict(self.c_apply, self.c_params, x, self.t_clean)
 
+    def features(self, x):
+        return embed(self.c_apply, self.c_params, x, self.t_clean)
+
+    @functools.lru_cache(maxsize=None)
+    def real_features(self, n: int):
+        """Features of the first n test images, and the FD floor (them against the next n), computed once per n."""
+        real = [np.asarray(to_model_scale(self.test[i * n:(i + 1) * n], self.cfg.data.scale)) for i in (0, 1)]
+        f_real, f_other = (self.features(r) for r in real)
+        return f_real, feature_distances(f_real, f_other, kid_subset_size=min(1000, n))["fd_classifier"]
+
     def fd(self, x) -> dict:
-        real = np.asarray(to_model_scale(self.test[:len(x)], self.cfg.data.scale))
-        f_real = embed(self.c_apply, self.c_params, real, self.t_clean)
-        f_gen = embed(self.c_apply, self.c_params, x, self.t_clean)
-        out = feature_distances(f_real, f_gen, kid_subset_size=min(1000, len(x)))
-        other = np.asarray(to_model_scale(self.test[len(x):2 * len(x)], self.cfg.data.scale))
-        out["fd_floor"] = feature_distances(f_real, embed(self.c_apply, self.c_params, other, self.t_clean),
-                                            kid_subset_size=min(1000, len(x)))["fd_classifier"]
-        return out
+        f_real, floor = self.real_features(len(x))
+        out = feature_distances(f_real, self.features(x), kid_subset_size=min(1000, len(x)))
+        return {**out, "fd_floor": floor}
 
 
 def _acc(pred, labels) -> tuple[float, float]:

@@ -75,9 +75,8 @@ def run(args) -> dict[str, Any]:
 def sum_noise_variance(sde: sj.LinearSDE, steps: int) -> float:
     """sum_k v_k over the uniform grid: the squared bound tol^2 sum_k v_k on the accumulated accepted changes
     (per dimension, if the errors of the steps added without amplification)."""
-    from sde_jax.sampling.picard import step_noise_variance
     ts = sj.sampling.time_grid(sde, steps, sde.T, sde.eps, "uniform")
-    return float(jnp.sum(step_noise_variance(sde, ts[:-1], ts[1:])))
+    return float(jnp.sum(sj.sampling.posterior_variance(sde, ts[:-1], ts[1:])))
 
 
 def render(rows: list[tuple[str, dict]]) -> str:

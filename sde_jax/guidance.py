@@ -147,9 +147,7 @@ def inpaint(
         if off:
             raise ValueError(f"{off} belong to replacement / RePaint; method='smc' takes n_particles and steps.")
         from sde_jax.smc import InpaintTwist, smc_sample
-        k = n_particles if isinstance(n_particles, int) and not isinstance(n_particles, bool) else 0
-        twist = InpaintTwist(jnp.repeat(x_known, max(k, 1), axis=0), jnp.repeat(mask, max(k, 1), axis=0), sde,
-                             jnp.zeros((), x_known.dtype))
+        twist = InpaintTwist(x_known, mask, sde, jnp.zeros((), x_known.dtype))
         return smc_sample(score, sde, key, x_known.shape, twist, n_particles=n_particles, steps=steps, eps=eps,
                           pin=(mask, x_known), denoise=denoise)
     n_corrector = (1 if method == "replacement" else 0) if n_corrector is None else n_corrector

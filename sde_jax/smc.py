@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from sde_jax.sampling.grids import GRIDS, time_grid
+from sde_jax.sampling.steps import posterior_variance
 from sde_jax.score import ScoreModel, denoise
 from sde_jax.sde import LinearSDE
 
@@ -45,6 +46,12 @@ LogTwist = Callable[[Array, Array, Array], Array]
 
 
 # ----------------------------------------------------------------------------------------- twists
+def per_particle(v: Array, n: int) -> Array:
+    """``v`` with one row per batch element (B, ...) repeated for the n = B K particle rows (element b's particles
+    are rows b K .. b K + K - 1); a ``v`` that already has n rows is returned as it is."""
+    return v if v.shape[0] == n else jnp.repeat(v, n // v.shape[0], axis=0)
+
+
 class InpaintTwist(eqx.Module):
     """log p~_t(y | x_t) = sum over known coordinates of log N(y; x0(x_t), r_t^2), r_t^2 = sigma_t^2 / alpha_t^2
     + noise^2 (TDS' twist for a linear observation: the denoiser's prediction of the known part, with the spread of
@@ -59,14 +66,17 @@ class InpaintTwist(eqx.Module):
         a, s = self.sde.alpha_sigma(t)
         r2 = (s / a) ** 2 + self.noise**2
         r2 = r2.reshape((-1,) + (1,) * (x.ndim - 1))
-        ll = -0.5 * ((x0 - self.x_known) ** 2 / r2 + jnp.log(2 * math.pi * r2))
-        return jnp.sum((self.mask * ll).reshape(x.shape[0], -1), axis=1)
+        n = x.shape[0]
+        ll = -0.5 * ((x0 - per_particle(self.x_known, n)) ** 2 / r2 + jnp.log(2 * math.pi * r2))
+        mask = jnp.broadcast_to(self.mask, self.x_known.shape)
+        return jnp.sum((per_particle(mask, n) * ll).reshape(n, -1), axis=1)
 
 
 class ClassTwist(eqx.Module):
     """log p~_t(y | x_t) = log p_t(y | x_t) from a noise-conditional classifier ``log_prob(x, t) -> (B, C)``
     (:func:`sde_jax.classifier.log_prob_fn`, or the exact posterior of a mixture); with ``on_denoised`` the
-    classifier reads x0(x_t) at time ``t0`` instead (TDS' choice for a classifier of clean data)."""
+    classifier reads x0(x_t) at time ``t0`` instead (TDS' choice for a classifier of clean data). ``y`` has one
+    label, or one per batch element or per particle (:func:`per_particle`)."""
 
     log_prob: Any
     y: Array
@@ -75,15 +85,11 @@ class ClassTwist(eqx.Module):
 
     def __call__(self, x: Array, t: Array, x0: Array) -> Array:
         lp = self.log_prob(x0, jnp.full_like(t, self.t0)) if self.on_denoised else self.log_prob(x, t)
-        y = jnp.broadcast_to(self.y, (x.shape[0],))
+        y = per_particle(jnp.broadcast_to(self.y, (jnp.size(self.y),)), x.shape[0])
         return jnp.take_along_axis(lp, y[:, None], axis=1)[:, 0]
 
 
 # ------------------------------------------------------------------------------------- the sampler
-def _flat(v: Array) -> Array:
-    return v.reshape(v.shape[0], -1)
-
-
 def _twist_and_grad(score, sde, log_twist, x, t):
     """(x0, log twist, its gradient in x), one score evaluation (and its VJP)."""
     def g(x):
@@ -101,7 +107,7 @@ def _kernel(sde, x, x0, t, t_next):
     a^2 sigma_n^2) / sigma_t^2, a = alpha_t / alpha_n."""
     a_t, s_t = sde.alpha_sigma(t)
     a_n, s_n = sde.alpha_sigma(t_next)
-    tau2 = s_n**2 * jnp.maximum(s_t**2 - (a_t / a_n) ** 2 * s_n**2, 0.0) / s_t**2
+    tau2 = posterior_variance(sde, t, t_next)
     mu = a_n * x0 + jnp.sqrt(jnp.maximum(s_n**2 - tau2, 0.0)) * (x - a_t * x0) / s_t
     return mu, jnp.sqrt(tau2)
 
@@ -210,8 +216,8 @@ def smc_sample(
       score: the score; it is called on all B K particles at once (rows b K .. b K + K - 1 are element b's), and
         the labels of any :class:`~sde_jax.ScoreModel` in it are repeated per particle.
       log_twist: ``log_twist(x, t, x0) -> (B K,)``, log p~_t(y | x_t) given the particles, their time and
-        Tweedie's x0 (e.g. :class:`InpaintTwist`, :class:`ClassTwist`, whose data must be laid out per particle
-        in the same way). It is differentiated in x, through the denoiser.
+        Tweedie's x0 (e.g. :class:`InpaintTwist`, :class:`ClassTwist`, whose data may have one row per batch
+        element: :func:`per_particle` lays it out). It is differentiated in x, through the denoiser.
       pin: ``(mask, x_known)`` for a noiseless observation of the coordinates where mask = 1 (see the module
         docstring); the output then holds x_known there.
       denoise: end with Tweedie's step at eps (one more evaluation).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -53,8 +54,7 @@ def pd_loss(params: Any, student: ScoreModel, teacher: Any, key: Array, x0: Arra
     t, t_mid, t_next = ts[2 * i], ts[2 * i + 1], ts[2 * i + 2]
     z = sde.marginal_sample(k_z, x0, t)
     target = jax.lax.stop_gradient(two_step_target(teacher, sde, z, t, t_mid, t_next))
-    pred = denoise(student.__class__(params, student.sde, student.y, apply=student.apply,
-                                     parameterization=student.parameterization), sde, z, t)
+    pred = denoise(eqx.tree_at(lambda m: m.params, student, params), sde, z, t)
     a, s = sde.alpha_sigma(t)
     weight = jnp.maximum(a**2 / s**2, 1.0)
     return jnp.mean(weight * jnp.mean((pred - target).reshape(b, -1) ** 2, axis=1))

@@ -16,7 +16,7 @@ module              job
 from sde_jax.sampling.diffrax_solves import pf_ode_solve, pf_ode_term, reverse_sde_solve
 from sde_jax.sampling.grids import GRIDS, check_ts, time_grid
 from sde_jax.sampling.multistep import multistep_loop
-from sde_jax.sampling.picard import picard_loop, step_noise_variance
+from sde_jax.sampling.picard import picard_loop
 from sde_jax.sampling.samplers import (METHODS, PLANS, SAMPLERS, StepPlan, decode, encode, plan_ancestral, plan_ddim,
                                      plan_heun, plan_pc, run_plan, sample, sample_ancestral, sample_consistency,
                                      sample_ddim,
@@ -24,7 +24,7 @@ from sde_jax.sampling.samplers import (METHODS, PLANS, SAMPLERS, StepPlan, decod
                                      sample_pc, sample_picard, sample_sde, sample_unipc)
 from sde_jax.sampling.solvers import ODE_SOLVERS, SDE_SOLVERS, check_ode_solver, ode_nfe, ode_solver
 from sde_jax.sampling.steps import (PREDICTORS, ancestral_step, ddim_step, edm_churn, euler_maruyama_step,
-                                    forward_step, heun_step, interval_keys, interval_loop, interval_update,
+                                    forward_step, heun_step, interval_keys, posterior_variance, interval_loop, interval_update,
                                     langevin_step, reverse_diffusion_step, stochastic_heun_step, step_loop)
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "sample_ode", "sample_sde", "sample_pc", "sample_ancestral", "sample_ddim",
     "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_heun", "sample_picard", "sample_consistency",
     "StepPlan", "PLANS", "plan_pc", "plan_ancestral", "plan_ddim", "plan_heun", "run_plan",
-    "picard_loop", "step_noise_variance", "interval_update", "interval_loop", "interval_keys",
+    "picard_loop", "posterior_variance", "interval_update", "interval_loop", "interval_keys",
     "reverse_diffusion_step", "euler_maruyama_step", "ancestral_step", "ddim_step", "langevin_step", "forward_step",
     "heun_step", "stochastic_heun_step", "edm_churn", "PREDICTORS", "step_loop", "multistep_loop",
     "pf_ode_solve", "pf_ode_term", "reverse_sde_solve",

@@ -32,19 +32,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sde_jax.sampling.steps import interval_keys
+from sde_jax.sampling.steps import interval_keys, posterior_variance
 from sde_jax.sde import LinearSDE
 
 Array = jax.Array
-
-
-def step_noise_variance(sde: LinearSDE, t: Array, t_next: Array) -> Array:
-    """v = sigma_n^2 (sigma_t^2 - a^2 sigma_n^2) / sigma_t^2, a = alpha_t / alpha_n: the variance of the forward
-    posterior q(x_{t_next} | x_t, x_0) (DDPM's beta-tilde on the grid), the tolerance scale of a step."""
-    a, g = sde.transition(t_next, t)
-    s_t = sde.alpha_sigma(t)[1]
-    s_n = sde.alpha_sigma(t_next)[1]
-    return s_n**2 * g**2 / jnp.maximum(s_t**2, jnp.finfo(jnp.float32).tiny)
 
 
 def _window_map(score, sde, interval: Callable, devices: int) -> Callable:
@@ -85,7 +76,7 @@ def picard_loop(
     if p % devices:
         raise ValueError(f"the window ({p} steps) must be a multiple of devices={devices}.")
     keys = interval_keys(key, n)[:-1]
-    var = step_noise_variance(sde, ts[:-1], ts[1:])
+    var = posterior_variance(sde, ts[:-1], ts[1:])
     phi = _window_map(score, sde, interval, devices)
     dims = tuple(range(2, x.ndim + 1))
     size = x[0].size

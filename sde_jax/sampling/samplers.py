@@ -478,8 +478,7 @@ def _validate_picard(sde: LinearSDE, options: dict) -> dict:
                          "evaluates window / devices steps of a sweep).")
     base = _validate(opts["base"], sde, {n: v for n, v in options.items() if n not in own})
     steps = len(base["ts"]) - 1 if base["ts"] is not None else base["steps"]
-    if steps is not None and opts["window"] > steps and opts["window"] % opts["devices"] == 0 and \
-            steps % opts["devices"]:
+    if steps is not None and opts["window"] > steps and steps % opts["devices"]:
         raise ValueError(f"the window is cut to the {steps} steps of the grid, which must then be a multiple of "
                          f"devices={opts['devices']}.")
     return {**opts, **base}

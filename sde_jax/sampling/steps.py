@@ -82,6 +82,19 @@ def ancestral_step(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, t, t_ne
     return (x + g2 * score(x, _bt(t, x))) / a + jnp.sqrt(var) * _normal(key, x)
 
 
+def posterior_variance(sde: LinearSDE, t, t_next) -> Array:
+    """Variance of the forward posterior q(x_{t_next} | x_t, x_0) of any linear SDE (DDPM's beta-tilde on the grid,
+    Ho et al. 2020, eq. 7):
+
+        sigma_n^2 (sigma_t^2 - a^2 sigma_n^2) / sigma_t^2,   a = alpha_t / alpha_n,
+
+    the noise of DDIM's eta = 1 step, the reverse kernel of the SMC sampler and the tolerance scale of Picard."""
+    a_t, s_t = sde.alpha_sigma(t)
+    a_n, s_n = sde.alpha_sigma(t_next)
+    g2 = jnp.maximum(s_t**2 - (a_t / a_n) ** 2 * s_n**2, 0.0)
+    return s_n**2 * g2 / jnp.maximum(s_t**2, jnp.finfo(jnp.float32).tiny)
+
+
 def ddim_step(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, t, t_next, *, eta: float = 0.0) -> Array:
     """One DDIM step t -> t_next < t (Song, Meng & Ermon 2021, eq. 12), written with alpha(t), sigma(t):
 
@@ -96,8 +109,7 @@ def ddim_step(score: ScoreFn, sde: LinearSDE, key: Array, x: Array, t, t_next, *
     a_t, s_t = sde.alpha_sigma(t)
     a_n, s_n = sde.alpha_sigma(t_next)
     s = score(x, _bt(t, x))
-    c2 = eta**2 * (s_n**2 / s_t**2) * jnp.maximum(s_t**2 - (a_t / a_n) ** 2 * s_n**2, 0.0)
-    c2 = jnp.minimum(c2, s_n**2)
+    c2 = jnp.minimum(eta**2 * posterior_variance(sde, t, t_next), s_n**2)
     out = a_n * (x + s_t**2 * s) / a_t - jnp.sqrt(s_n**2 - c2) * s_t * s
     return out + jnp.sqrt(c2) * _normal(key, x) if eta > 0 else out
 
