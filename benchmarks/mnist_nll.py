@@ -43,17 +43,19 @@ trained noise schedule, ``restore(workdir).score_fn()``), on the first ``--n_exa
   dimension over the discrete NLL even for a pixel whose bin the model is sure of: 0.92 at gamma_min = -13.3,
   2.6 at -14, 9.5 at -15 (recorded as ``uniform_dequant_floor_bpd`` from the trained schedule). The number is
   therefore not comparable with the ELBO for this model; it is what the issue's protocol (score_sde's) measures.
-* **PF-ODE, kernel dequantisation** (``--pf_ode_kernel``): the bound of the generative model "z ~ PF-ODE density
-  at t = eps, then VDM's decoder p(x | z)" with the forward kernel as dequantiser, q(z | x) = N(alpha x,
-  sigma^2 I) at t = eps (x at the bin centres):
+* **PF-ODE, kernel dequantisation** (``--pf_ode_kernel``, ``sj.pf_ode_bpd``): the bound of the generative model
+  "z ~ PF-ODE density at t = eps, then VDM's decoder p(x | z)" with the forward kernel as dequantiser,
+  q(z | x) = N(alpha x, sigma^2 I) at t = eps (x at the bin centres):
 
       -log P(x) <= E_q[ -log p_ode(z) - log p(x | z) + log q(z | x) ],
 
   one z and one Hutchinson probe per image, log q(z | x) at that z (not its mean -D/2 log(2 pi e sigma^2): for a
   good model p_ode(z) ~ P(x) q(z | x) near x, so the sample's log q cancels most of log p_ode's spread over z).
   This is the PF-ODE counterpart of the ELBO (same decoder, same discrete data), the number to compare with it;
-  ``tests/test_mnist_nll.py`` checks it returns -log P(x) to 0.01 nats for a discrete 2-D distribution with its
-  exact score.
+  ``tests/test_vdm.py`` checks it returns -log P(x) for a discrete 2-D distribution with its exact score.
+* **PF-ODE above a split** (``--t_split s ...``): the same with the PF-ODE as the prior of z_s and VDM's diffusion
+  term on [0, s] below it; its ``ode`` detail against the ELBO's prior + diffusion on [s, T] says whether the ODE
+  model of the noisier part is better or worse than the diffusion's own bound there.
 
 NFE is the mean number of score-network evaluations per batch solve. Writes ``benchmarks/results/mnist_nll.json``
 (``--name``) and the table between the ``mnist_nll`` markers of ``benchmarks/README.md`` (``--no_readme``: not).
@@ -266,29 +268,6 @@ def uniform_dequant_floor_bpd(sde, eps: float, num_bins: int = NUM_VALUES) -> fl
     return (0.5 * math.log(2 * math.pi * s * s) + 1.0 / (24.0 * s * s)) / LN2
 
 
-def kernel_dequant_batch_fn(score, sde, *, eps: float, num_bins: int, **solve):
-    """``batch_fn(x, key) -> (log-bound, info)`` for ``sj.evaluate_nll``: x at the bin centres (B, *S); the
-    negative of the kernel-dequantised bound of the module docstring, in nats per example."""
-    import jax
-    import jax.numpy as jnp
-
-    import sde_jax as sj
-    from sde_jax.vdm import decoder_nll
-
-    alpha, sigma = sde.alpha_sigma(jnp.asarray(eps, jnp.float32))
-
-    def batch_fn(x, key):
-        k_z, k_ode = jax.random.split(key)
-        noise = jax.random.normal(k_z, x.shape, x.dtype)
-        z = alpha * x + sigma * noise
-        logp, info = sj.log_likelihood(score, sde, z, k_ode, eps=eps, **solve)
-        axes = tuple(range(1, x.ndim))
-        log_q = -0.5 * math.prod(x.shape[1:]) * jnp.log(2 * math.pi * sigma**2) - 0.5 * jnp.sum(noise**2, axes)
-        return logp - decoder_nll(x, z, alpha, sigma, num_bins) - log_q, info
-
-    return batch_fn
-
-
 def model_rows(args: argparse.Namespace, test: np.ndarray) -> tuple[list[dict], dict]:
     """The ELBO row (and the PF-ODE rows with ``--pf_ode`` / ``--pf_ode_kernel``) of the model in ``args.workdir``,
     and a description of the model."""
@@ -345,16 +324,21 @@ def model_rows(args: argparse.Namespace, test: np.ndarray) -> tuple[list[dict], 
                      **summary(res.values), **common, "nfe": res.nfe_mean, "eval_seconds": res.seconds,
                      "details": {**ode_settings, "dequantization": "uniform",
                                  "uniform_dequant_floor_bpd": uniform_dequant_floor_bpd(sde, args.eps, num_bins)}})
-    if args.pf_ode_kernel:
-        batch_fn = kernel_dequant_batch_fn(score, sde, eps=args.eps, num_bins=num_bins, **solve)
-        centres = to_model_scale(k[:n_ode], "minus_one_one", num_bins)
-        res = sj.evaluate_nll(batch_fn, centres, jax.random.fold_in(key, 2), batch_size=args.ode_batch_size,
-                              desc="bpd (kernel)")
-        rows.append({"model": "VDM (this repo), PF-ODE, kernel dequantisation + decoder",
-                     "bound": "upper bound on -log2 P(x) (PF-ODE prior on z_eps, VDM decoder)",
-                     **summary(res.values / (math.prod(k.shape[1:]) * LN2)), **common, "nfe": res.nfe_mean,
-                     "eval_seconds": res.seconds,
-                     "details": {**ode_settings, "dequantization": "q(z | x) = N(alpha x, sigma^2) at t = eps"}})
+    splits = ([args.eps] if args.pf_ode_kernel else []) + list(args.t_split or [])
+    for t_split in splits:
+        t0 = time.perf_counter()
+        res = sj.pf_ode_bpd(score, k[:n_ode], jax.random.fold_in(key, 2), t_split=t_split, num_bins=num_bins,
+                            n_t=args.n_t, batch_size=args.ode_batch_size, progress=True, **solve)
+        gamma_split = None if gamma is None else float(gamma(t_split))
+        top = "PF-ODE" if t_split == args.eps else f"PF-ODE above gamma = {gamma_split:.1f}, diffusion below"
+        rows.append({"model": f"VDM (this repo), {top}, kernel dequantisation + decoder",
+                     "bound": "upper bound on -log2 P(x) (PF-ODE prior on z_s, VDM's diffusion below s, decoder)",
+                     **summary(res["bpd"]), **common, "nfe": float(res["nfe"].mean()),
+                     "eval_seconds": time.perf_counter() - t0,
+                     "details": {**ode_settings, "t_split": t_split, "gamma_split": gamma_split,
+                                 "dequantization": "q(z_s | x) = N(alpha_s x, sigma_s^2) (the forward kernel)",
+                                 "ode": float(res["ode"].mean()), "diffusion_below": float(res["diffusion"].mean()),
+                                 "reconstruction": float(res["reconstruction"].mean())}})
     return rows, info
 
 
@@ -445,6 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pf_ode", action="store_true", help="PF-ODE bits/dim with uniform dequantisation")
     p.add_argument("--pf_ode_kernel", action="store_true",
                    help="PF-ODE bound with the forward kernel as dequantiser and VDM's decoder")
+    p.add_argument("--t_split", type=float, nargs="*", help="times s for rows of the bound with the PF-ODE above s "
+                   "and VDM's diffusion term below (sj.pf_ode_bpd)")
     p.add_argument("--ode_examples", type=int, help="test images for the PF-ODE rows (default: --n_examples)")
     p.add_argument("--ode_batch_size", type=int, default=100)
     p.add_argument("--max_steps", type=int, default=4096, help="PF-ODE solver step limit")

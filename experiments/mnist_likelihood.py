@@ -47,9 +47,11 @@ def get_config() -> ConfigDict:
     c.data = ConfigDict({"name": "mnist", "dir": "", "shape": (28, 28, 1), "scale": "minus_one_one",
                          "dequantize": False, "flip": False})
     c.sde = ConfigDict({"name": "vdm_learned", "gamma_min": -13.3, "gamma_max": 5.0, "width": 1024})
-    # 2x2 patches: 14x14 and 7x7 levels; sin/cos(2^n 2 pi z), n = 6, 7, as extra input channels
+    # 2x2 patches: 14x14 and 7x7 levels; sin/cos(2^n 2 pi z), n = 6, 7, as extra input channels; fourier_damping =
+    # (gamma_min, gamma_max) of the initial schedule damps them by the noise level (sde_jax.nn.unet.fourier_damping)
     c.model = ConfigDict({"name": "unet", "ch": 32, "ch_mult": (1, 2), "num_res_blocks": 2,
-                          "attn_resolutions": (7,), "dropout": 0.0, "patch_size": 2, "fourier_features": (6, 7)})
+                          "attn_resolutions": (7,), "dropout": 0.0, "patch_size": 2, "fourier_features": (6, 7),
+                          "fourier_damping": ()})
     c.loss = ConfigDict({"kind": "vdm", "parameterization": "eps", "num_bins": 256, "antithetic": True,
                          "group": 8})
     c.train.update(steps=12000, batch_size=64, lr=2e-3, warmup=500, grad_clip=1.0, ema_decay=0.9999,

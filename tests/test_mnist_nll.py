@@ -79,23 +79,6 @@ def test_uniform_dequant_floor_is_the_cross_entropy_of_a_bump():
     assert 0.85 < numeric < 1.0  # gamma_min = -13.3: about 0.9 bits/dim
 
 
-def test_kernel_dequantised_pf_ode_bound_of_a_discrete_distribution():
-    # 2-D data on 4 bins per dimension; the "data" density at the bin centres is a mixture of narrow Gaussians
-    # (std 1e-4, below the schedule's sigma_0 ~ 1.3e-3), whose exact score drives the PF-ODE: the bound must be
-    # -log P(x) to within the kernels' overlap (~0.01 nats) and the solver's error. gamma_max = 12 makes p_T the
-    # model's N(0, I) prior to ~1e-5 nats (at VDM's 5 the prior mismatch alone is ~0.06 nats here)
-    sde = sj.VDMSDE(gamma_max=12.0)
-    centres = (2 * np.arange(4) + 1) / 4 - 1
-    pts = np.stack(np.meshgrid(centres, centres, indexing="ij"), -1).reshape(-1, 2)
-    probs = np.random.default_rng(3).dirichlet(np.ones(16))
-    gmm = sj.gmm.isotropic_mixture(pts, 1e-4, probs)
-    idx = np.array([0, 5, 9, 15])
-    fn = mn.kernel_dequant_batch_fn(gmm.score_fn(sde), sde, eps=1e-5, num_bins=4, divergence="exact",
-                                    rtol=1e-6, atol=1e-6)
-    log_bound, _ = fn(jax.numpy.asarray(pts[idx], jax.numpy.float32), jax.random.key(0))
-    np.testing.assert_allclose(-np.asarray(log_bound), -np.log(probs[idx]), atol=0.01)
-
-
 def test_readme_section_renders_every_row():
     base = {"n": 10000, "bpd_stderr": 0.004, "nfe": None, "train_seconds": 20.0, "eval_seconds": 0.2,
             "device": "cpu"}

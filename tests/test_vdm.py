@@ -312,3 +312,63 @@ def test_a_learned_schedule_trains_and_comes_back_from_its_checkpoint(tmp_path):
     save_config(str(tmp_path / "export"), c)
     with pytest.raises(ValueError, match="shape|parameters"):
         restore(str(tmp_path / "export"))
+
+
+def test_damped_fourier_features_keep_the_signal_and_drop_the_noise():
+    """fourier_damping is E_eps[sin(w z)] / sin(w alpha x) for z = alpha x + sigma eps (Monte Carlo), read from the
+    network's normalised-gamma time; the U-Net multiplies each channel's sin and cos features by it."""
+    from sde_jax.nn import build_model
+    from sde_jax.nn.unet import fourier_damping
+
+    g0, g1 = -13.3, 5.0
+    t = jnp.array([0.0, 0.2, 0.9])
+    d = np.asarray(fourier_damping(t, (g0, g1), (6, 7)))
+    sigma = np.sqrt(1 / (1 + np.exp(-(g0 + np.asarray(t) * (g1 - g0)))))
+    eps = np.random.default_rng(0).standard_normal(400_000)
+    w = 2 * np.pi * 2.0 ** np.array([6, 7])
+    mc = np.array([[np.mean(np.cos(wn * s * eps)) for wn in w] for s in sigma])  # E cos(w sigma eps)
+    np.testing.assert_allclose(d, mc, atol=5e-3)
+    assert 0.5 < d[0, 1] < 0.6 and d[1].max() < 0.01 and d[2].max() < 1e-30  # on at gamma_min, off above
+    # in the U-Net: at high noise the features are switched off, so the network is the one without them (its
+    # first layer's weights on the features dropped); at gamma_min they are on
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2)) * 0.01
+    kw = dict(ch=8, ch_mult=(1,), attn_resolutions=(), patch_size=2)
+    net = build_model("unet", fourier_features=(6, 7), fourier_damping=(g0, g1), **kw)
+    params = net.init(jax.random.key(1), x, jnp.zeros(2))
+    leaves, tree = jax.tree.flatten(params)  # the output layer starts at zero: perturb every weight
+    params = tree.unflatten([p + 0.1 * jax.random.normal(jax.random.key(i), p.shape) for i, p in enumerate(leaves)])
+    plain = build_model("unet", **kw)
+    kernel = params["params"]["Conv_0"]["kernel"].reshape(3, 3, 4, 10, 8)[:, :, :, :2]  # (patch, [x, feats], out)
+    plain_params = {"params": {**params["params"], "Conv_0": {**params["params"]["Conv_0"],
+                                                              "kernel": kernel.reshape(3, 3, 8, 8)}}}
+    out = lambda tt: net.apply(params, x, jnp.full(2, tt))
+    ref = lambda tt: plain.apply(plain_params, x, jnp.full(2, tt))
+    np.testing.assert_allclose(out(0.9), ref(0.9), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(out(0.0) - ref(0.0)).max()) > 0.1
+
+
+@pytest.mark.parametrize("t_split", [1e-5, 0.5])
+def test_pf_ode_bound_of_a_discrete_distribution_is_its_nll(t_split):
+    """2-D data on 4 bins per dimension; the "data" density at the bin centres is a mixture of narrow Gaussians
+    (std 1e-4, below the schedule's sigma_0 ~ 1.3e-3) whose exact score drives the PF-ODE and the diffusion term:
+    the bound must be -log P(x) to within the kernels' overlap, the solver's error and (split at 0.5) the Monte
+    Carlo error of the diffusion term below the split, which is tight for the exact score. gamma_max = 12 makes
+    p_T the model's N(0, I) prior to ~1e-5 nats (at VDM's 5 the prior mismatch alone is ~0.06 nats here)."""
+    sde = sj.VDMSDE(gamma_max=12.0)
+    centres = (2 * np.arange(4) + 1) / 4 - 1
+    pts = np.stack(np.meshgrid(centres, centres, indexing="ij"), -1).reshape(-1, 2)
+    probs = np.random.default_rng(3).dirichlet(np.ones(16))
+    gmm = sj.gmm.isotropic_mixture(pts, 1e-4, probs)
+    reps = 256 if t_split > 0.01 else 16  # the diffusion term below a split is the noisy part
+    idx = np.repeat(np.array([0, 5, 9, 15]), reps)
+    cells = np.stack([idx // 4, idx % 4], -1)  # integer data (N, 2)
+    out = vdm.pf_ode_bpd(gmm.score_fn(sde), cells, jax.random.key(0), sde=sde, t_split=t_split, num_bins=4,
+                         n_t=64, batch_size=len(idx), divergence="exact", rtol=1e-6, atol=1e-6)
+    nats = (out["bpd"] * 2 * math.log(2)).reshape(4, reps)
+    se = nats.std(1, ddof=1) / math.sqrt(reps)
+    err = nats.mean(1) + np.log(probs[idx[::reps]])
+    assert np.all(np.abs(err) < 4 * se + 0.01) and se.max() < (0.12 if t_split > 0.01 else 0.01), (err, se)
+    pooled_se = math.sqrt(float(np.sum(se**2))) / 4
+    assert abs(err.mean()) < 4 * pooled_se + 0.005 and pooled_se < 0.06, (err, pooled_se)
+    np.testing.assert_allclose(out["bpd"], out["reconstruction"] + out["diffusion"] + out["ode"], rtol=1e-6)
+    assert (out["diffusion"].mean() > 0.1) == (t_split > 0.01)  # the split puts real mass below s

@@ -69,6 +69,23 @@ def fourier_features(x: Array, exponents: Sequence[int]) -> Array:
     return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
 
 
+def fourier_damping(t: Array, gamma_range: Sequence[float], exponents: Sequence[int]) -> Array:
+    """Per-example factors exp(-w_n^2 sigma_t^2 / 2), w_n = 2^n 2 pi, shape (B, len(n)).
+
+    For z = alpha x + sigma eps, E_eps[sin(w z)] = exp(-w^2 sigma^2 / 2) sin(w alpha x) (and cos alike): the factor
+    is the part of a Fourier feature that still carries x. Damped features keep VDM's bin detail where it is
+    readable (sigma below a bin) and are switched off above, where undamped they only feed the network noise of
+    frequency w: its Jacobian then carries terms of size w (~800 for n = 7), which make the probability-flow ODE
+    stiff and its Hutchinson divergence noisy at high noise (measured in ``benchmarks/README.md``, MNIST NLL). The
+    time input is read as VDM's normalised gamma, gamma = gamma_min + t (gamma_max - gamma_min) with the *initial*
+    schedule's end points ``gamma_range`` (what ``sde_jax.vdm.LogSNRTime`` feeds a learned schedule's network),
+    and sigma^2 = sigmoid(gamma)."""
+    g0, g1 = (float(g) for g in gamma_range)
+    sigma2 = jax.nn.sigmoid(g0 + jnp.asarray(t, jnp.float32) * (g1 - g0))
+    w = 2.0 * jnp.pi * 2.0 ** jnp.asarray(exponents, jnp.float32)
+    return jnp.exp(-0.5 * w**2 * sigma2[:, None])
+
+
 def space_to_depth(x: Array, p: int) -> Array:
     """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p block of pixels becomes one position."""
     b, h, w, c = x.shape
@@ -90,7 +107,8 @@ class UNet(nn.Module):
     attention at the resolutions (after patching) listed in ``attn_resolutions``. With ``num_classes`` the label
     embedding is added to the time embedding; label ``num_classes`` (or ``y=None``) is the null label of
     classifier-free guidance. ``fourier_features`` (exponents n, e.g. (6, 7)) appends sin and cos of
-    2^n 2 pi x to the input channels before patching (:func:`fourier_features`).
+    2^n 2 pi x to the input channels before patching (:func:`fourier_features`); with ``fourier_damping =
+    (gamma_min, gamma_max)`` they are damped by the noise level read from t (:func:`fourier_damping`).
     """
 
     ch: int = 32
@@ -102,6 +120,7 @@ class UNet(nn.Module):
     patch_size: int = 1
     num_classes: int | None = None
     fourier_features: Sequence[int] = ()
+    fourier_damping: Sequence[float] = ()
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
@@ -118,7 +137,15 @@ class UNet(nn.Module):
             temb = ConditioningEmbedding(self.ch, "fourier", time_scale=1.0, num_classes=self.num_classes)(t, y)
         out_ch = x.shape[-1] * p * p
         if self.fourier_features:
-            x = jnp.concatenate([x, fourier_features(x, self.fourier_features)], axis=-1)
+            feats = fourier_features(x, self.fourier_features)
+            if self.fourier_damping:
+                if len(self.fourier_damping) != 2:
+                    raise ValueError("fourier_damping is the (gamma_min, gamma_max) of the initial schedule; got "
+                                     f"{tuple(self.fourier_damping)}.")
+                d = fourier_damping(jnp.broadcast_to(t, x.shape[:1]), self.fourier_damping, self.fourier_features)
+                d = jnp.tile(d, (1, 2 * x.shape[-1]))  # fourier_features' order: sin then cos, n fastest
+                feats = feats * d[:, None, None, :]
+            x = jnp.concatenate([x, feats], axis=-1)
         x = space_to_depth(x, p) if p > 1 else x
         h = nn.Conv(self.ch, (3, 3))(x)
         hs = [h]
