@@ -1,4 +1,4 @@
-"""What every experiment module shares: the command line and plots.
+"""What every experiment module shares: the command line, plots and the class-conditional sampler.
 
     python -m experiments.<name> --workdir DIR [--config.KEY=VALUE ...]
                                  [--coordinator HOST:PORT --num_processes P --process_id I]
@@ -130,3 +130,27 @@ def plot_loss(metrics: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def make_sampler(config: ConfigDict, model, sde):
+    """``sample(params, key, y, w) -> x`` of shape (len(y), *config.data.shape) on the model scale: classifier-free
+    guidance of weight w with labels y (w = 0: the conditional model alone; an unconditional model ignores y and w).
+    Parameters, labels and w are leaves of the score pytree, so ``sj.sample`` compiles once per shape and reuses the
+    program for new weights. Method and steps: ``config.sample.method``, ``config.sample.steps``."""
+    import jax.numpy as jnp
+
+    import sde_jax as sj
+
+    data_shape = tuple(config.data.shape)
+    null = config.model.get("num_classes")
+
+    def sample(params, key, y, w: float):
+        score = sj.score_fn(model.apply, params, sde, config.loss.parameterization)
+        if null is not None:
+            cond = score.with_labels(y)
+            score = cond if w == 0 else sj.classifier_free_guidance(cond, score.with_labels(jnp.full_like(y, null)), w)
+        x, _ = sj.sample(score, sde, key, (y.shape[0], *data_shape), method=config.sample.method,
+                         steps=config.sample.steps)
+        return x
+
+    return sample

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 
 import sde_jax as sj
 from experiments import common
+from experiments.common import make_sampler
 from sde_jax.config import base_config, model_from_config, sde_from_config
 from sde_jax.data.images import class_grid_labels, from_model_scale, save_grid, to_model_scale
 from sde_jax.data.pipeline import ImageBatches, load_images
@@ -53,26 +54,6 @@ def get_config() -> ConfigDict:
     c.eval = ConfigDict({"bpd_examples": 10000, "batch_size": 125, "rtol": 1e-4, "atol": 1e-4,
                          "classifier_dir": "", "fd_samples": 1000})
     return c
-
-
-# ------------------------------------------------------------------------------------------- sampling
-def make_sampler(config: ConfigDict, model, sde):
-    """``sample(params, key, y, w) -> images`` on the model scale: classifier-free guidance of weight w with labels
-    y (w = 0: the conditional model alone). Parameters, labels and w are leaves of the score pytree, so ``sj.sample``
-    compiles once per shape and reuses the program for new weights."""
-    data_shape = tuple(config.data.shape)
-    null = config.model.get("num_classes")
-
-    def sample(params, key, y, w: float):
-        score = sj.score_fn(model.apply, params, sde, config.loss.parameterization)
-        if null is not None:
-            cond = score.with_labels(y)
-            score = cond if w == 0 else sj.classifier_free_guidance(cond, score.with_labels(jnp.full_like(y, null)), w)
-        x, _ = sj.sample(score, sde, key, (y.shape[0], *data_shape), method=config.sample.method,
-                         steps=config.sample.steps)
-        return x
-
-    return sample
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -6,7 +6,8 @@ from sde_jax.gmm import GaussianMixture, isotropic_mixture, random_mixture
 from sde_jax.sampling import decode, encode, sample
 from sde_jax.likelihood import bits_per_dim, dequantize, log_likelihood
 from sde_jax.elbo import elbo
-from sde_jax.vdm import trained_score, vdm_elbo_bpd
+from sde_jax.vdm import pf_ode_bpd, trained_score, vdm_elbo_bpd
+from sde_jax.latent import latent_bound
 from sde_jax.eval import (evaluate_bpd, evaluate_nll, frechet_distance, gaussian_frechet_distance, kid,
                           sliced_wasserstein)
 from sde_jax.guidance import classifier_free_guidance, classifier_guidance, colorize, inpaint

@@ -16,7 +16,7 @@ import optax
 from ml_collections import ConfigDict
 
 from sde_jax.classifier import classifier_loss, noisy_classifier_loss
-from sde_jax.losses import discrete_loss, dsm_loss, vdm_loss
+from sde_jax.losses import discrete_loss, dsm_loss, vae_loss, vdm_loss
 from sde_jax.nn import build_model
 from sde_jax.sde import SDE, LearnedVDMSDE, get_sde
 from sde_jax.vdm import is_trainable
@@ -76,7 +76,8 @@ def loss_from_config(cfg: Any, model_apply: Callable, sde: SDE, model_cfg: Any =
     """``config.loss``: kind "dsm" (continuous, with weighting / importance_sampling), "discrete" or "vdm" (VDM's
     ELBO in bits/dim, with ``num_bins``, ``antithetic`` and ``group``; the only loss that trains a learned
     schedule) for score models, "classifier" or "noisy_classifier" (p_t(y | x_t) for classifier guidance,
-    ``sde_jax.classifier``); with
+    ``sde_jax.classifier``), "vae" (latent diffusion's autoencoder, ``losses.vae_loss`` with ``kl_weight`` and
+    ``num_bins``); with
     ``loss.p_uncond`` > 0 labels are dropped to the model's null label (``model.num_classes``), and a model with
     ``dropout`` > 0 trains with dropout on. ``loss.eps`` (optional) is the smallest training time (default
     ``sde.eps``; score_sde trains from 1e-5)."""
@@ -95,6 +96,8 @@ def loss_from_config(cfg: Any, model_apply: Callable, sde: SDE, model_cfg: Any =
                         antithetic=bool(cfg.get("antithetic", True)), group=int(cfg.get("group", 8)), **common)
     if kind == "classifier":
         return classifier_loss(model_apply)
+    if kind == "vae":
+        return vae_loss(model_apply, kl_weight=float(cfg.kl_weight), num_bins=int(cfg.get("num_bins", 256)))
     if kind == "noisy_classifier":
         return noisy_classifier_loss(model_apply, sde, cfg.get("eps"))
     if kind == "dsm":
@@ -103,8 +106,8 @@ def loss_from_config(cfg: Any, model_apply: Callable, sde: SDE, model_cfg: Any =
                         eps=cfg.get("eps"), **common)
     if kind == "discrete":
         return discrete_loss(model_apply, sde, cfg.parameterization, reduce_mean=cfg.reduce_mean, **common)
-    raise ValueError(f"unknown loss.kind {kind!r}; choose 'dsm', 'discrete', 'vdm', 'classifier' or "
-                     "'noisy_classifier'.")
+    raise ValueError(f"unknown loss.kind {kind!r}; choose 'dsm', 'discrete', 'vdm', 'classifier', "
+                     "'noisy_classifier' or 'vae'.")
 
 
 def optimizer_from_config(tc: Any) -> optax.GradientTransformation:

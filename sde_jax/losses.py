@@ -1,5 +1,5 @@
 """Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) and VDM's continuous-time ELBO (Kingma et al.
-2021; the terms in ``sde_jax.vdm``).
+2021; the terms in ``sde_jax.vdm``); the KL-regularised VAE loss of latent diffusion's autoencoder (``vae_loss``).
 
 Every loss has the signature ``loss_fn(params, x0, keys, y=None) -> (loss, aux)`` with one PRNG key per example
 (``keys`` of shape (B,)) and, for class-conditional networks ``model_apply(params, x, t, y)``, integer labels y. Drawing each example's noise from its own key makes the loss independent of how a
@@ -11,12 +11,14 @@ network parameterisation ("eps", "x0", ...) serves training and sampling.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from sde_jax import vdm
+from sde_jax import latent
 from sde_jax.score import PARAMETERIZATIONS, ModelApply, score_fn
 from sde_jax.sde import LinearSDE, batch_broadcast
 
@@ -212,5 +214,38 @@ def vdm_loss(
             terms = terms_fn(params, vdm.schedule_at(sde, t))
         per_example = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
         return jnp.mean(per_example), {**terms, "per_example": per_example, "t": t}
+
+    return loss_fn
+
+
+def vae_loss(model_apply: ModelApply, *, kl_weight: float = 1e-2, num_bins: int = 256) -> LossFn:
+    """The KL-regularised VAE loss of latent diffusion's autoencoder (``sde_jax.nn.VAE``; Kingma & Welling 2014 with
+    LDM's small KL weight beta, Rombach et al. 2022), per example in bits/dim of the discrete data:
+
+        L(x) = [ -log p(x | z) + beta KL(q(z | x) || N(0, I)) ] / (D ln 2),   z = m(x) + e^(v(x)/2) eps,
+
+    with the discretised logistic decoder over ``num_bins`` values (``latent.discretized_logistic_logp``) and
+    the closed-form KL (``latent.gaussian_kl``); one reparameterised draw per example from its own key. beta = 1
+    is the ELBO; a small beta keeps the latents informative and lets the diffusion prior do the modelling. x0 on
+    [-1, 1] (``to_model_scale``; dequantised values are read as their bin). Labels are ignored. The loss is the batch
+    mean; aux holds the per-example ``reconstruction`` and ``kl`` in bits/dim (the KL unweighted).
+    """
+    if not (math.isfinite(kl_weight) and kl_weight >= 0):
+        raise ValueError(f"kl_weight must be a finite number >= 0; got {kl_weight}.")
+    if int(num_bins) != num_bins or num_bins < 2:
+        raise ValueError(f"num_bins must be an integer >= 2; got {num_bins}.")
+
+    def loss_fn(params: Any, x0: Array, keys: Array, y: Array | None = None) -> tuple[Array, dict]:
+        if keys.shape[:1] != x0.shape[:1]:
+            raise ValueError(f"need one key per example: keys {keys.shape} for a batch of shape {x0.shape}.")
+        mean, logvar = model_apply(params, x0, method="encode")
+        z = jax.vmap(latent.reparameterize)(keys, mean, logvar)
+        loc, log_scale = model_apply(params, z, method="decode")
+        logp = latent.discretized_logistic_logp(latent.to_bins(x0, num_bins), loc, log_scale, num_bins)
+        nats_to_bpd = 1.0 / (math.prod(x0.shape[1:]) * math.log(2.0))
+        recon = -jnp.sum(logp.reshape(x0.shape[0], -1), axis=-1) * nats_to_bpd
+        kl = latent.gaussian_kl(mean, logvar) * nats_to_bpd
+        per_example = recon + kl_weight * kl
+        return jnp.mean(per_example), {"reconstruction": recon, "kl": kl, "per_example": per_example}
 
     return loss_fn

@@ -6,7 +6,8 @@
 * tensorflow-datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``celeb_a``, ...), downloaded and prepared on
   first use: the optional ``[tfds]`` extra (``pip install "sde_jax[tfds]"``).
 
-``ImageBatches`` turns such arrays into the loop's ``batch_fn(step, rows)``: a pure function of the step (epoch
+``ImageBatches`` turns such arrays into the loop's ``batch_fn(step, rows)`` (``LatentBatches`` does the same for
+a data set encoded by a frozen VAE, for latent diffusion): a pure function of the step (epoch
 permutations and dequantisation noise come from ``(seed, epoch)`` and ``(seed, step)``), so a resumed run sees the
 same batches, and each process reads and preprocesses only its own rows of the global batch (multi-host).
 
@@ -91,6 +92,30 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+class EpochOrder:
+    """``order(step)``: the global indices of step ``step``'s batch of ``batch_size`` out of ``n`` examples,
+    consecutive slices of per-epoch permutations ``default_rng((seed, epoch)).permutation(n)`` (the batch order of
+    every pipeline here: a pure function of the step, so a resumed run sees the same batches)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need at least one example and batch_size >= 1; got n={n}, batch_size={batch_size}.")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, step: int) -> np.ndarray:
+        n, b = self.n, self.batch_size
+        start = step * b
+        out = []
+        while len(out) < b:
+            epoch, offset = divmod(start + len(out), n)
+            if self._perm is None or self._perm[0] != epoch:
+                self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(n))
+            take = self._perm[1][offset:offset + b - len(out)]
+            out.extend(take.tolist())
+        return np.asarray(out)
+
+
 class ImageBatches:
     """``batch_fn(step, rows)`` over uint8 images: shuffled each epoch, scaled to the model's range, optionally
     dequantised (x + u, u ~ U[0, 1)), flipped and padded.
@@ -112,20 +137,7 @@ class ImageBatches:
             raise ValueError(f"batch_size must be positive; got {batch_size}.")
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self.scale, self.dequantize, self.flip, self.pad = scale, dequantize, flip, pad_to_size
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def _indices(self, step: int) -> np.ndarray:
-        """Global indices of step ``step``'s batch: consecutive slices of per-epoch permutations."""
-        n, b = len(self.images), self.batch_size
-        start = step * b
-        out = []
-        while len(out) < b:
-            epoch, offset = divmod(start + len(out), n)
-            if self._perm is None or self._perm[0] != epoch:
-                self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(n))
-            take = self._perm[1][offset:offset + b - len(out)]
-            out.extend(take.tolist())
-        return np.asarray(out)
+        self._indices = EpochOrder(len(images), batch_size, seed)
 
     def __call__(self, step: int, rows: slice = slice(None)) -> Any:
         idx = self._indices(step)[rows]
@@ -143,3 +155,39 @@ class ImageBatches:
         if self.labels is None:
             return y
         return {"x": y, "y": self.labels[idx].astype(np.int32)}
+
+
+class LatentBatches:
+    """``batch_fn(step, rows)`` over a data set encoded by a frozen VAE (latent diffusion): the scaled latents
+
+        u = c z,   z = m + e^(v / 2) eps ~ q(z | x),
+
+    a fresh eps for every step (``default_rng((seed, 1 << 21, step))``, drawn for the whole global batch), in the
+    batch order of :class:`EpochOrder` (as :class:`ImageBatches`). ``mean`` and ``logvar`` (N, *latent_shape) are
+    the encoder's moments of the N examples; ``scale`` is c (``sde_jax.latent.latent_scale``). Returns float32
+    (len(rows), *latent_shape), or ``{"x": ..., "y": int32}`` with labels.
+    """
+
+    def __init__(self, mean: np.ndarray, logvar: np.ndarray, labels: np.ndarray | None, batch_size: int, *,
+                 scale: float, seed: int = 0):
+        mean, logvar = np.asarray(mean, np.float32), np.asarray(logvar, np.float32)
+        if mean.shape != logvar.shape or mean.ndim < 2:
+            raise ValueError(f"mean {mean.shape} and logvar {logvar.shape} must be equal shapes (N, *latent_shape).")
+        if labels is not None and np.shape(labels) != mean.shape[:1]:
+            raise ValueError(f"labels {np.shape(labels)} do not match the {len(mean)} encoded examples.")
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"the latent scale must be a finite number > 0; got {scale}.")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(logvar))):
+            raise ValueError("the encoded latents contain NaN or Inf; check the VAE's weights.")
+        self.mean, self.std, self.labels = mean, np.exp(0.5 * logvar), labels
+        self.batch_size, self.seed, self.scale = batch_size, seed, np.float32(scale)
+        self._indices = EpochOrder(len(mean), batch_size, seed)
+
+    def __call__(self, step: int, rows: slice = slice(None)) -> Any:
+        idx = self._indices(step)[rows]
+        rng = np.random.default_rng((self.seed, 1 << 21, step))
+        eps = rng.standard_normal((self.batch_size, *self.mean.shape[1:]), np.float32)[rows]
+        u = (self.scale * (self.mean[idx] + self.std[idx] * eps)).astype(np.float32)
+        if self.labels is None:
+            return u
+        return {"x": u, "y": np.asarray(self.labels[idx], np.int32)}
