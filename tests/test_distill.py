@@ -59,6 +59,26 @@ def test_boundary_condition_holds_for_any_network():
         assert float(jnp.max(jnp.abs(model(x, jnp.full((16,), 0.5)) - x))) > 1.0  # the network matters elsewhere
 
 
+def test_a_score_network_starts_the_consistency_function_at_its_denoiser():
+    """``parameterization``: the network is read as a score network through EDM's preconditioning, so f is its
+    Tweedie denoiser where s >> s_min (a student initialised from its teacher starts there), and the boundary
+    condition still holds exactly."""
+    def net(params, x, t):
+        return params * jnp.tanh(x) + jnp.sin(3 * x + t[:, None])
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    for sde in (sj.VPSDE(), sj.VESDE(), sj.SubVPSDE()):
+        for par in ("eps", "v", "x0"):
+            model = consistency_model(net, jnp.float32(0.7), sde, parameterization=par)
+            assert model.with_params(jnp.float32(0.3)).parameterization == par
+            a = sde.alpha_sigma(jnp.float32(sde.eps))[0]
+            np.testing.assert_allclose(model(x, jnp.full((16,), sde.eps)), x / a, rtol=1e-6, atol=1e-6)
+            for t in (0.5 * sde.T, sde.T):
+                tt = jnp.full((16,), t)
+                d = sj.denoise(sj.score_fn(net, jnp.float32(0.7), sde, par), sde, x, tt)
+                err = float(jnp.max(jnp.abs(model(x, tt) - d)))
+                assert err < 0.02 * max(1.0, float(jnp.max(jnp.abs(d)))), (type(sde).__name__, par, t, err)
+
+
 class _NoBoundary(ConsistencyModel):
     """The broken variant: f = F(x, t), no c_skip / c_out, so nothing pins f(x, t_min) = x."""
 

@@ -157,3 +157,75 @@ def test_result_score_reads_the_network_in_its_trained_parameterization(tmp_path
     read = lambda p: np.asarray(sj.score_fn(result.model.apply, result.state.ema_params, result.sde, p)(x, t))
     np.testing.assert_allclose(got, read("v"), rtol=1e-6)
     assert not np.allclose(got, read("eps"), rtol=1e-2)
+
+
+# ------------------------------------------------------------------------------- custom loss, frozen pytree
+def test_context_step_takes_frozen_as_an_argument_not_a_constant():
+    """``make_train_step(context=True)``: the loss sees ``frozen`` and the step count; new frozen values of the same
+    shapes reuse the compiled step (an argument, not an XLA constant of the program)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sde_jax.eval import count_compiles
+    from sde_jax.train.step import make_train_step
+
+    def loss(params, x0, keys, *, frozen, step):
+        return jnp.sum((params["w"] - frozen["w"]) ** 2) + 1000.0 * step, {}
+
+    opt = make_optimizer(1e-3, warmup=0)
+    step = jax.jit(make_train_step(loss, opt, context=True))
+    state = init_train_state({"w": np.zeros((3,), np.float32)}, opt)
+    batch, key = np.zeros((4, 2), np.float32), jax.random.key(0)
+    state1, m1 = step(state, batch, key, {"w": np.ones((3,), np.float32)})
+    with count_compiles() as compiles:
+        _, m2 = step(state1, batch, key, {"w": np.full((3,), 2.0, np.float32)})
+    assert compiles == []
+    assert float(m1["loss"]) == pytest.approx(3.0) and float(m2["loss"]) == pytest.approx(1000.0 + 12.0, rel=1e-3)
+    with pytest.raises(TypeError, match="context=True"):
+        step(state, batch, key)
+
+
+def test_train_with_a_custom_loss_frozen_pytree_and_initial_params(tmp_path):
+    """``train(loss_fn=, frozen=, initial_params=)``: training starts from the given parameters, the loss gets the
+    frozen pytree and the number of steps taken; a resumed run gets them again; parameters of another network are
+    a ValueError before any step."""
+    import jax
+    import jax.numpy as jnp
+    from ml_collections import ConfigDict
+
+    from sde_jax.config import base_config, model_from_config
+    from sde_jax.train import train
+    from sde_jax.train.metrics import read_metrics
+    from sde_jax.train.step import init_params
+
+    c = base_config()
+    c.data = ConfigDict({"shape": (2,)})
+    c.model = ConfigDict({"name": "mlp", "width": 8, "depth": 1, "embed_dim": 4})
+    c.train.update(steps=3, batch_size=4, warmup=0, lr=1e-2, log_every=1, checkpoint_every=3)
+    batch_fn = lambda step, rows: np.ones((4, 2), np.float32)[rows]
+    example = batch_fn(0, slice(None))
+    shapes = jax.eval_shape(lambda: init_params(model_from_config(c.model), jax.random.key(0), example))
+    ones = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
+    target = jax.tree.map(lambda s: np.full(s.shape, 3.0, np.float32), shapes)
+    n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+
+    def loss(params, x0, keys, *, frozen, step):
+        d = sum(jnp.sum((p - f) ** 2) for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(frozen)))
+        return d / n + 1000.0 * step, {}
+
+    result = train(c, str(tmp_path), batch_fn, example, progress=False, loss_fn=loss, frozen=target,
+                   initial_params=ones)
+    logged = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path))}
+    assert logged[1] == pytest.approx(4.0)  # (1 - 3)^2: the initial params against the frozen target
+    assert [int(logged[s] // 1000) for s in (1, 2, 3)] == [0, 1, 2]  # the loss saw the steps already taken
+    assert logged[3] % 1000 < 4.0  # and moved towards the target
+    c.train.steps = 5
+    resumed = train(c, str(tmp_path), batch_fn, example, progress=False, loss_fn=loss, frozen=target,
+                    initial_params=jax.tree.map(lambda a: a * 0, ones))  # ignored on resume
+    assert resumed.steps_run == 2 and int(read_metrics(str(tmp_path))[-1]["loss"] // 1000) == 4
+    assert int(result.state.step) == 3
+    with pytest.raises(ValueError, match="initial_params"):
+        train(c, str(tmp_path / "other"), batch_fn, example, progress=False, loss_fn=loss, frozen=target,
+              initial_params={"w": np.ones((3,), np.float32)})
+    with pytest.raises(ValueError, match="frozen is passed to a custom loss_fn only"):
+        train(c, str(tmp_path / "other"), batch_fn, example, progress=False, frozen=target)

@@ -7,7 +7,15 @@ by construction at the smallest level s_min = s(t_min):
     f(x, t) = c_skip(s) x~ + c_out(s) F(x, t),
     c_skip(s) = sigma_d^2 / ((s - s_min)^2 + sigma_d^2),   c_out(s) = sigma_d (s - s_min) / sqrt(sigma_d^2 + s^2),
 
-so f(x, t_min) = x / alpha(t_min) for any network F (Song et al. 2023, eq. 7 and App. C.1). Training compares f at
+so f(x, t_min) = x / alpha(t_min) for any network F (Song et al. 2023, eq. 7 and App. C.1). A network trained as a
+score model (``parameterization`` "eps", "v", "x0", ...) serves as F through EDM's preconditioning (Karras et al.
+2022, Table 1): with its data prediction D(x, t) (Tweedie, :func:`sde_jax.score.denoise`),
+
+    F = (D - c_skip'(s) x~) / c_out'(s),
+    c_skip'(s) = sigma_d^2 / (s^2 + sigma_d^2),   c_out'(s) = s sigma_d / sqrt(s^2 + sigma_d^2),
+
+so f -> D for s >> s_min: a consistency model initialised from a trained score network's weights starts at its
+one-step denoiser (the standard initialisation of consistency distillation). Training compares f at
 adjacent levels t_{n+1} > t_n of a discretisation:
 
 * consistency distillation (CD): x_{n+1} = alpha x_0 + sigma z, x^_n one ODE step of a teacher from t_{n+1} to t_n
@@ -31,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
+from sde_jax.score import output_to_score
 from sde_jax.sde import LinearSDE, batch_broadcast
 
 Array = jax.Array
@@ -39,7 +48,9 @@ Array = jax.Array
 class ConsistencyModel(eqx.Module):
     """f(x, t) of a network ``apply(params, x, t[, y])`` (module docstring), a pytree like :class:`sde_jax.ScoreModel`:
     params and labels are leaves. ``t_min`` is the boundary time (f(x, t_min) = x / alpha(t_min)), ``sigma_data``
-    the data's standard deviation in EDM's c_skip, c_out. Returns an estimate of x_0."""
+    the data's standard deviation in EDM's c_skip, c_out. ``parameterization`` None: the network is F itself; a
+    score parameterisation ("eps", "v", "x0", ...): the network is a score network read through EDM's
+    preconditioning (module docstring). Returns an estimate of x_0."""
 
     params: Any
     sde: LinearSDE
@@ -47,6 +58,7 @@ class ConsistencyModel(eqx.Module):
     apply: Callable = eqx.field(static=True, kw_only=True)
     t_min: float = eqx.field(static=True, kw_only=True)
     sigma_data: float = eqx.field(static=True, kw_only=True, default=0.5)
+    parameterization: str | None = eqx.field(static=True, kw_only=True, default=None)
 
     def __call__(self, x: Array, t: Array) -> Array:
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
@@ -56,22 +68,31 @@ class ConsistencyModel(eqx.Module):
         c_skip = sd**2 / ((lvl - lvl_min) ** 2 + sd**2)
         c_out = sd * (lvl - lvl_min) / jnp.sqrt(sd**2 + lvl**2)
         out = self.apply(self.params, x, t) if self.y is None else self.apply(self.params, x, t, self.y)
+        if self.parameterization is not None:  # a score network: F from its data prediction D
+            b = lambda c: batch_broadcast(c, x)
+            score = output_to_score(out.astype(x.dtype), x, b(a), b(s), self.parameterization)
+            d = (x + b(s**2) * score) / b(a)
+            out = (d - b(sd**2 / (lvl**2 + sd**2)) * x / b(a)) / b(lvl * sd / jnp.sqrt(lvl**2 + sd**2))
         return batch_broadcast(c_skip, x) * x / batch_broadcast(a, x) + batch_broadcast(c_out, x) * out
 
+    def _replace(self, params: Any, y: Array | None) -> "ConsistencyModel":
+        return ConsistencyModel(params, self.sde, y, apply=self.apply, t_min=self.t_min, sigma_data=self.sigma_data,
+                                parameterization=self.parameterization)
+
     def with_params(self, params: Any) -> "ConsistencyModel":
-        return ConsistencyModel(params, self.sde, self.y, apply=self.apply, t_min=self.t_min,
-                                sigma_data=self.sigma_data)
+        return self._replace(params, self.y)
 
     def with_labels(self, y: Array | None) -> "ConsistencyModel":
-        return ConsistencyModel(self.params, self.sde, None if y is None else jnp.asarray(y), apply=self.apply,
-                                t_min=self.t_min, sigma_data=self.sigma_data)
+        return self._replace(self.params, None if y is None else jnp.asarray(y))
 
 
 def consistency_model(apply: Callable, params: Any, sde: LinearSDE, *, t_min: float | None = None,
-                      sigma_data: float = 0.5, y: Array | None = None) -> ConsistencyModel:
-    """The :class:`ConsistencyModel` of a network; ``t_min`` defaults to ``sde.eps``."""
+                      sigma_data: float = 0.5, y: Array | None = None,
+                      parameterization: str | None = None) -> ConsistencyModel:
+    """The :class:`ConsistencyModel` of a network; ``t_min`` defaults to ``sde.eps``; ``parameterization`` names the
+    output of a score network (its weights then start f at that network's denoiser), None a plain F."""
     return ConsistencyModel(params, sde, y, apply=apply, t_min=float(sde.eps if t_min is None else t_min),
-                            sigma_data=sigma_data)
+                            sigma_data=sigma_data, parameterization=parameterization)
 
 
 # ------------------------------------------------------------------------------------- discretisation

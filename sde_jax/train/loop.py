@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -211,17 +212,19 @@ class _Logger:
 
 
 def _keyed_by_step(train_step: Callable) -> Callable:
-    """``step(state, batch, key)`` that trains with fold_in(key, state.step): the noise key of step k is a pure
-    function of k (and survives a restore with the state), computed on the device, not dispatched per step."""
+    """``step(state, batch, key, *frozen)`` that trains with fold_in(key, state.step): the noise key of step k is a
+    pure function of k (and survives a restore with the state), computed on the device, not dispatched per step."""
 
-    def step(state: TrainState, batch: Array, key: Array):
-        return train_step(state, batch, jax.random.fold_in(key, state.step))
+    def step(state: TrainState, batch: Array, key: Array, *frozen: Any):
+        return train_step(state, batch, jax.random.fold_in(key, state.step), *frozen)
 
     return step
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, example: np.ndarray,
-          progress: bool = True, on_checkpoint: Callable[[int, TrainState], None] | None = None) -> TrainResult:
+          progress: bool = True, on_checkpoint: Callable[[int, TrainState], None] | None = None, *,
+          loss_fn: Callable[..., tuple[Array, dict]] | None = None, frozen: Any = None,
+          initial_params: Any = None) -> TrainResult:
     """Train per ``config`` in ``workdir``, resuming from its latest checkpoint.
 
     ``batch_fn(step, rows)`` returns rows ``rows`` of the global batch of that step (a pure function of step;
@@ -230,13 +233,38 @@ def train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, ex
     network. ``on_checkpoint(step, state)`` runs on the lead process after each checkpoint (sample grids).
     Checkpoints go to ``<workdir>/checkpoints/<step>/``, metrics to ``metrics.jsonl`` and ``tensorboard/``.
     Raises NonFiniteLossError (naming the step) on NaN/Inf unless ``train.skip_nonfinite``.
+
+    Distillation and other losses that ``config.loss`` cannot name:
+
+    * ``loss_fn(params, x0, keys[, y], *, frozen, step) -> (loss, aux)`` replaces the config's loss
+      (``sde_jax.train.step.make_train_step`` with ``context=True``): ``keys`` one key per example, ``step`` the
+      steps already taken (traced int32), ``frozen`` the pytree passed here;
+    * ``frozen``: a pytree that does not train (a teacher's parameters), placed on the devices once and passed to
+      every step as an argument, never closed over (it would become an XLA constant of the compiled step);
+    * ``initial_params``: the network's parameters at step 0 instead of a random init (a student initialised from
+      its teacher), with the shapes of ``config.model``'s parameters (ValueError otherwise); unused on resume.
     """
+    if frozen is not None and loss_fn is None:
+        raise ValueError("frozen is passed to a custom loss_fn only; give loss_fn too.")
     with _StopFlag() as stop:  # from the start: a SIGTERM during compilation still saves after the first step
-        return _train(config, workdir, batch_fn, example, progress, stop, on_checkpoint)
+        return _train(config, workdir, batch_fn, example, progress, stop, on_checkpoint, loss_fn, frozen,
+                      initial_params)
+
+
+def _check_initial_params(params: Any, target: Any) -> None:
+    """ValueError unless ``params`` has the tree structure and leaf shapes of the model's parameters ``target``."""
+    if jax.tree.structure(params) != jax.tree.structure(target):
+        raise ValueError("initial_params do not have the tree structure of config.model's parameters; they belong "
+                         "to another network.")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(target)):
+        if np.shape(a) != b.shape:
+            raise ValueError(f"initial_params{jax.tree_util.keystr(path)} has shape {np.shape(a)}, config.model's "
+                             f"parameters {b.shape}.")
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, example: np.ndarray,
-           progress: bool, stop: _StopFlag, on_checkpoint: Callable | None) -> TrainResult:
+           progress: bool, stop: _StopFlag, on_checkpoint: Callable | None, custom_loss: Callable | None = None,
+           frozen: Any = None, initial_params: Any = None) -> TrainResult:
     tc = config.train
     _validate_train_config(tc)
     parallel.check_batch_size(tc.batch_size)
@@ -245,12 +273,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
 
     model = model_from_config(config.model)
     sde = sde_from_config(config.sde)
-    loss_fn = loss_from_config(config.loss, model.apply, sde, config.model)
+    loss_fn = custom_loss or loss_from_config(config.loss, model.apply, sde, config.model)
     optimizer = optimizer_from_config(tc)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    if initial_params is not None:
+        _check_initial_params(initial_params, jax.eval_shape(lambda: init_params(model, init_key, example, sde)))
+        initial_params = jax.tree.map(jnp.asarray, initial_params)
 
     def init_state() -> TrainState:
-        return init_train_state(init_params(model, init_key, example, sde), optimizer)
+        params = init_params(model, init_key, example, sde) if initial_params is None else initial_params
+        return init_train_state(params, optimizer)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
     try:
@@ -259,8 +291,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
         ckpt.close()
         raise
     start = 0
-    if restored is None:
-        state = jax.jit(init_state)()
+    if restored is None:  # given parameters are not closed over by a compiled function (they would be constants)
+        state = jax.jit(init_state)() if initial_params is None else init_state()
     else:
         state, meta = restored
         start = int(meta["step"])
@@ -271,8 +303,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
         save_config(workdir, config)
     writer = MetricsWriter(workdir, resume_step=start, enabled=lead)
 
+    context = custom_loss is not None
     step_fn = parallel.pmap_step(_keyed_by_step(make_train_step(
-        loss_fn, optimizer, tc.ema_decay, axis_name=parallel.AXIS, skip_nonfinite=tc.skip_nonfinite)))
+        loss_fn, optimizer, tc.ema_decay, axis_name=parallel.AXIS, skip_nonfinite=tc.skip_nonfinite,
+        context=context)), n_replicated=int(context))
+    extra = (parallel.replicate(frozen),) if context else ()
     rows = parallel.process_slice(tc.batch_size)
     rstate = parallel.replicate(state)
     key_data = np.asarray(jax.random.key_data(train_key)).tolist()
@@ -289,7 +324,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
     try:
         while step < tc.steps:
             batch = batches.get()
-            rstate, metrics = step_fn(rstate, batch, train_key)
+            rstate, metrics = step_fn(rstate, batch, train_key, *extra)
             step += 1
             pending.append((step, metrics))
             ckpt_now = step % tc.checkpoint_every == 0 or step == tc.steps

@@ -166,12 +166,14 @@ def shard(batch: Any) -> Any:
     return jax.tree.map(split, batch)
 
 
-def pmap_step(step_fn: Callable) -> Callable:
+def pmap_step(step_fn: Callable, n_replicated: int = 0) -> Callable:
     """pmap a ``step(state, batch, key)`` written with ``axis_name="batch"``; the key is shared by all devices.
 
-    Returns ``fn(replicated_state, sharded_batch, key)``; the state buffers are donated.
+    Returns ``fn(replicated_state, sharded_batch, key)``; the state buffers are donated. With ``n_replicated`` = k
+    the step takes k more arguments, each a pytree already :func:`replicate`-d (placed once, not per call, and not
+    donated): ``fn(replicated_state, sharded_batch, key, *replicated)``.
     """
-    return jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+    return jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * n_replicated, donate_argnums=(0,))
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -78,11 +78,16 @@ class StepOutput(NamedTuple):
 
 def make_train_step(
     loss_fn: LossFn, optimizer: optax.GradientTransformation, ema_decay: float = 0.999,
-    axis_name: str | None = None, skip_nonfinite: bool = False,
-) -> Callable[[TrainState, Array, Array], StepOutput]:
+    axis_name: str | None = None, skip_nonfinite: bool = False, context: bool = False,
+) -> Callable[..., StepOutput]:
     """``train_step(state, batch, key) -> (state, metrics)``; pure, for ``jax.jit`` or ``jax.pmap``.
 
     ``batch`` is the data x0 (B, ...) or, for class-conditional training, a dict ``{"x": x0, "y": labels}``.
+
+    With ``context`` the step is ``train_step(state, batch, key, frozen)`` and the loss is called as
+    ``loss_fn(params, x0, keys[, y], frozen=frozen, step=state.step)``: ``frozen`` a pytree that does not train
+    (e.g. a distillation teacher's parameters), an *argument* of the compiled step, never an XLA constant, and
+    ``step`` the number of steps already taken (a traced int32: curricula such as consistency training's).
 
     Example i of the global batch gets noise from fold_in(key, i): under ``pmap`` with ``axis_name`` the
     device offset is axis_index * local_batch, and gradients and metrics are ``pmean``-ed, so N devices
@@ -95,13 +100,17 @@ def make_train_step(
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}.")
 
-    def train_step(state: TrainState, batch: Array | dict, key: Array) -> StepOutput:
+    def train_step(state: TrainState, batch: Array | dict, key: Array, *frozen: Any) -> StepOutput:
+        if len(frozen) != int(context):
+            raise TypeError("train_step takes (state, batch, key, frozen) when made with context=True, else "
+                            f"(state, batch, key); got {3 + len(frozen)} arguments.")
         x0, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch, None)
         b = x0.shape[0]
         offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
         keys = example_keys(key, b, offset)
         labels = () if y is None else (y,)  # unconditional losses may take (params, x0, keys) only
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, keys, *labels)
+        extra = {"frozen": frozen[0], "step": state.step} if context else {}
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, keys, *labels, **extra)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
