@@ -4,7 +4,7 @@ discretised decoder, Fourier features of z, and the test-set ELBO in bits/dim.
     python -m experiments.mnist_likelihood --workdir /work/runs/mnist_vdm --config.data.dir=../shared/data/mnist
 
 The recipe, sized for a 2-core CPU: an unconditional 2x2-patched U-Net with 32/64 channels and Fourier features of
-z (n = 6, 7), eps parameterisation, VDM's learned schedule starting linear in gamma from -13.3 to 5 (its end points
+z (n = 6, 7) damped by the noise level, eps parameterisation, VDM's learned schedule starting linear in gamma from -13.3 to 5 (its end points
 trained on the ELBO, its shape on the estimator's variance), antithetic times, batch 64, Adam with lr 2e-3,
 warm-up and a cosine decay to 0 at ``train.steps`` (``train.decay_steps`` follows ``train.steps``), gradients
 clipped to norm 1, EMA 0.9999 with the warm-up d = min(0.9999, (1 + s) / (10 + s)), i.e. an average over roughly
@@ -47,11 +47,13 @@ def get_config() -> ConfigDict:
     c.data = ConfigDict({"name": "mnist", "dir": "", "shape": (28, 28, 1), "scale": "minus_one_one",
                          "dequantize": False, "flip": False})
     c.sde = ConfigDict({"name": "vdm_learned", "gamma_min": -13.3, "gamma_max": 5.0, "width": 1024})
-    # 2x2 patches: 14x14 and 7x7 levels; sin/cos(2^n 2 pi z), n = 6, 7, as extra input channels; fourier_damping =
-    # (gamma_min, gamma_max) of the initial schedule damps them by the noise level (sde_jax.nn.unet.fourier_damping)
+    # 2x2 patches: 14x14 and 7x7 levels; sin/cos(2^n 2 pi z), n = 6, 7, as extra input channels, damped by the noise
+    # level (fourier_damping = the initial schedule's (gamma_min, gamma_max); sde_jax.nn.unet.fourier_damping):
+    # undamped, they dominate the PF-ODE's Jacobian at high noise (benchmarks.fourier_jacobian); damped, the ELBO
+    # after 4500 steps is 1.44 instead of 1.64 and the ODE needs 145 instead of ~740 NFE (benchmarks.ode_gap)
     c.model = ConfigDict({"name": "unet", "ch": 32, "ch_mult": (1, 2), "num_res_blocks": 2,
                           "attn_resolutions": (7,), "dropout": 0.0, "patch_size": 2, "fourier_features": (6, 7),
-                          "fourier_damping": ()})
+                          "fourier_damping": (-13.3, 5.0)})
     c.loss = ConfigDict({"kind": "vdm", "parameterization": "eps", "num_bins": 256, "antithetic": True,
                          "group": 8})
     c.train.update(steps=12000, batch_size=64, lr=2e-3, warmup=500, grad_clip=1.0, ema_decay=0.9999,
@@ -70,6 +72,12 @@ def check_config(config: ConfigDict) -> None:
                          "and data.scale='minus_one_one'.")
     if config.loss.kind != "vdm":
         raise ValueError(f"mnist_likelihood trains the VDM bound; got loss.kind={config.loss.kind!r}.")
+    damping = tuple(config.model.get("fourier_damping", ()) or ())
+    ends = (config.sde.gamma_min, config.sde.gamma_max)
+    if damping and tuple(float(g) for g in damping) != tuple(float(g) for g in ends):
+        raise ValueError(f"model.fourier_damping={damping} must be the schedule's initial (gamma_min, gamma_max) = "
+                         f"{ends}: the network reads its noise level from them. Set both, or "
+                         "--config.model.fourier_damping='()' for undamped features.")
 
 
 def elbo_report(elbo: dict, prefix: str = "elbo") -> dict:

@@ -372,3 +372,15 @@ def test_pf_ode_bound_of_a_discrete_distribution_is_its_nll(t_split):
     assert abs(err.mean()) < 4 * pooled_se + 0.005 and pooled_se < 0.06, (err, pooled_se)
     np.testing.assert_allclose(out["bpd"], out["reconstruction"] + out["diffusion"] + out["ode"], rtol=1e-6)
     assert (out["diffusion"].mean() > 0.1) == (t_split > 0.01)  # the split puts real mass below s
+
+
+def test_mnist_likelihood_refuses_damping_that_does_not_match_the_schedule():
+    from experiments import mnist_likelihood as ml
+
+    c = ml.get_config()
+    ml.check_config(c)  # the default: damped with the schedule's own end points
+    c.sde.gamma_min = -14.0
+    with pytest.raises(ValueError, match="fourier_damping"):
+        ml.check_config(c)
+    c.model.fourier_damping = ()
+    ml.check_config(c)  # undamped is allowed
