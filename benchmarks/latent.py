@@ -299,6 +299,16 @@ def pixel_bpd(args, dataset: str) -> dict | None:
             "note": "a different pixel model: the VDM likelihood model of experiments.mnist_likelihood"}
 
 
+def own_pixel_bpd(pixel_dir: str) -> dict | None:
+    """The sampled pixel model's own PF-ODE bits/dim (uniform dequantisation, null label), from the ``eval.json``
+    that ``experiments.mnist`` writes when ``eval.bpd_examples`` > 0; None if it has none."""
+    e = read_json(os.path.join(pixel_dir, "eval.json")) or {}
+    if e.get("bpd") is None:
+        return None
+    return {"bpd": e["bpd"], "bpd_stderr": e["bpd_stderr"], "n": e["n_examples"], "nfe": e.get("nfe_mean"),
+            "source": os.path.join(pixel_dir, "eval.json")}
+
+
 def run(args: argparse.Namespace) -> dict:
     from experiments.latent import load_latent_model
     from sde_jax.data.images import save_grid, to_model_scale
@@ -360,7 +370,8 @@ def run(args: argparse.Namespace) -> dict:
             tr = training(pixel_dir, r_pix.step)
             row.update(label=f"pixel U-Net ({os.path.basename(os.path.normpath(pixel_dir))})",
                        params=n_params(r_pix.params), network=dict(pc.model), **tr,
-                       train_seconds_total=tr["train_seconds"], bpd=None, pixel_bpd=pixel_bpd(args, dataset))
+                       train_seconds_total=tr["train_seconds"], bpd=own_pixel_bpd(pixel_dir),
+                       pixel_bpd=pixel_bpd(args, dataset))
         else:
             tr = training(args.workdir, r_lat.step)
             vtr = training(vae.directory, vae.step)
@@ -424,10 +435,11 @@ def render_record(name: str, r: dict) -> list[str]:
             bpd = "-" if not b else f"{bpd_cell(b)} (latent bound, {b['n']} images)"
         else:
             params, steps, train = millions(x["params"]), str(x["train_steps"]), human_seconds(x["train_seconds"])
-            pb = x.get("pixel_bpd")
-            bpd = "-"
+            pb, b = x.get("pixel_bpd"), x.get("bpd")
+            bpd = "-" if not b else f"{bpd_cell(b)} (PF-ODE, uniform dequantisation, {b['n']} images)"
             if pb:
-                bpd = "; ".join(f"{q['label']} {bpd_cell(q)} ({q['n']} images)" for q in pb["rows"]) + " [*]"
+                bpd = "; ".join([bpd] * bool(b) + [f"{q['label']} {bpd_cell(q)} ({q['n']} images)"
+                                                    for q in pb["rows"]]) + " [*]"
                 notes.append("[*] " + PIXEL_BPD_NOTE.format(record=pb["record"], steps=pb["model_train_steps"])
                              + ".")
         ratio = pixel_s / x["seconds_per_image"]

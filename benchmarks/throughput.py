@@ -256,7 +256,8 @@ def time_image_step(name: str, batch: int, steps: int) -> dict:
     from sde_jax.train.step import init_params, init_train_state, make_train_step
 
     c = image_config(name)
-    model, sde = model_from_config(c.model), sde_from_config(c.sde)
+    sde = sde_from_config(c.sde)
+    model = model_from_config(c.model, sde)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, (batch, *c.data.shape)).astype(np.float32)
     k = c.model.get("num_classes")

@@ -429,7 +429,8 @@ def _batches(config: ConfigDict) -> ImageBatches:
 def run_consistency(config: ConfigDict, workdir: str, teacher: Restored | None, batches: ImageBatches,
                     progress: bool) -> Trained | None:
     """CD or CT in ``workdir`` (None if interrupted)."""
-    model, sde = model_from_config(config.model), sde_from_config(config.sde)
+    sde = sde_from_config(config.sde)
+    model = model_from_config(config.model, sde)
     y_grid = jnp.asarray(class_grid_labels(config.data.num_classes, config.sample.per_class))
     shape = (len(y_grid), *config.data.shape)
 
@@ -469,7 +470,8 @@ def _finished(round_dir: str, steps: int) -> bool:
 def run_pd(config: ConfigDict, workdir: str, teacher: Restored, batches: ImageBatches,
            progress: bool) -> Trained | None:
     """PD's rounds, round k in ``<workdir>/round_<k>`` (None if interrupted); a finished round is read back."""
-    model, sde = model_from_config(config.model), sde_from_config(config.sde)
+    sde = sde_from_config(config.sde)
+    model = model_from_config(config.model, sde)
     shape, pd = tuple(config.data.shape), config.pd
     y_grid = jnp.asarray(class_grid_labels(config.data.num_classes, config.sample.per_class))
     if jax.process_index() == 0:

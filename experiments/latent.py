@@ -191,7 +191,8 @@ def main(config: ConfigDict, workdir: str) -> None:
     batches = LatentBatches(mean, logvar, labels if conditional else None, config.train.batch_size,
                             scale=config.vae.scale, seed=config.seed)
     del images
-    model, sde = model_from_config(config.model), sde_from_config(config.sde)
+    sde = sde_from_config(config.sde)
+    model = model_from_config(config.model, sde)
     sampler = make_sampler(config, model, sde)
     y_grid = jnp.asarray(class_grid_labels(config.model.get("num_classes"), config.sample.per_class))
 

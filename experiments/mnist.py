@@ -93,7 +93,8 @@ def main(config: ConfigDict, workdir: str) -> None:
     conditional = config.model.get("num_classes") is not None
     batches = ImageBatches(images, labels if conditional else None, config.train.batch_size, seed=config.seed,
                            scale=config.data.scale, dequantize=config.data.dequantize, flip=config.data.flip)
-    model, sde = model_from_config(config.model), sde_from_config(config.sde)
+    sde = sde_from_config(config.sde)
+    model = model_from_config(config.model, sde)
     sampler = make_sampler(config, model, sde)
     y_grid = jnp.asarray(class_grid_labels(config.model.get("num_classes"), config.sample.per_class))
 

@@ -64,11 +64,16 @@ def sde_from_config(cfg: Any) -> SDE:
     return get_sde(name, **{k: v for k, v in cfg.items() if k in own})
 
 
-def model_from_config(cfg: Any) -> Any:
-    """``config.model`` -> Flax network: ``name`` plus its keyword arguments (``sde_jax.nn.build_model``)."""
+def model_from_config(cfg: Any, sde: SDE | None = None) -> Any:
+    """``config.model`` -> Flax network: ``name`` plus its keyword arguments (``sde_jax.nn.build_model``); a network
+    that reads the noise process (the MLP's ``x_damping``) gets ``sde``."""
     cfg = dict(cfg)
     if "name" not in cfg:
         raise ValueError("config.model needs a name (e.g. 'mlp', 'unet', 'ncsnpp' or 'classifier').")
+    if cfg.get("x_damping"):
+        if sde is None:
+            raise ValueError("model.x_damping needs the noise process: model_from_config(config.model, sde).")
+        cfg["sde"] = sde
     return build_model(cfg.pop("name"), **cfg)
 
 

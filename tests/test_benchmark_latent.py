@@ -79,3 +79,17 @@ def test_render_has_one_row_per_model_with_ratio_and_training_sum():
     assert "1.410 +- 0.010 (latent bound, 500 images)" in lines[1]
     assert "a different pixel model" in text and "`python -m benchmarks.latent X`" in text
     assert "load average 2.0" in text
+    # a pixel model with its own PF-ODE bits/dim (experiments.mnist's eval.json) shows it first
+    pixel.update(bpd={"bpd": 1.02, "bpd_stderr": 0.02, "n": 250}, pixel_bpd=None)
+    line = [x for x in bl.render([("latent_mnist", record)]).splitlines() if x.startswith("| pixel")][0]
+    assert line.endswith("| 1.020 +- 0.020 (PF-ODE, uniform dequantisation, 250 images) |"), line
+
+
+def test_own_pixel_bpd_reads_the_pixel_runs_eval_json(tmp_path):
+    assert bl.own_pixel_bpd(str(tmp_path)) is None  # no eval.json
+    (tmp_path / "eval.json").write_text(json.dumps({"train_steps": 10, "bpd": None}))
+    assert bl.own_pixel_bpd(str(tmp_path)) is None  # trained with eval.bpd_examples = 0
+    (tmp_path / "eval.json").write_text(json.dumps({"bpd": 3.1, "bpd_stderr": 0.05, "n_examples": 250,
+                                                     "nfe_mean": 180.0}))
+    got = bl.own_pixel_bpd(str(tmp_path))
+    assert (got["bpd"], got["bpd_stderr"], got["n"], got["nfe"]) == (3.1, 0.05, 250, 180.0)

@@ -79,6 +79,37 @@ def test_patched_class_conditional_unet():
         UNet(ch=8, ch_mult=(1,), attn_resolutions=()).init(jax.random.key(0), x, t, jnp.zeros((3,), jnp.int32))
 
 
+def test_mlp_x_damping_scales_each_positional_feature_by_its_surviving_signal():
+    """x_damping multiplies sin / cos(w x) by exp(-w^2 sigma_t^2 / 2), sigma_t from the SDE (VP: 1 - exp(-B(t))),
+    which is E_eps[sin(w x_t)] / sin(w alpha_t x_0) (Monte Carlo): the damped network equals the undamped one whose
+    first-layer rows for the features are scaled by that factor; without the SDE it is an error."""
+    import sde_jax as sj
+    from sde_jax.config import model_from_config
+
+    sde, levels = sj.VPSDE(), 3
+    cfg = dict(name="mlp", width=16, depth=1, embed_dim=8, x_levels=levels, x_scale=4.0)
+    damped, plain = model_from_config({**cfg, "x_damping": True}, sde), model_from_config(cfg)
+    x = jax.random.normal(jax.random.key(0), (4, 2))
+    params = damped.init(jax.random.key(1), x, jnp.full(4, 0.5))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+    w = np.pi * 2.0 ** np.arange(levels) / 4.0
+    for t in (0.02, 0.3):
+        B = 0.1 * t + 0.5 * (20.0 - 0.1) * t**2
+        alpha, sigma = np.exp(-B / 2), np.sqrt(1 - np.exp(-B))
+        factor = np.exp(-0.5 * (w * sigma) ** 2)
+        eps = np.random.default_rng(0).standard_normal(200_000)
+        mc = np.mean(np.sin(w[:, None] * (alpha * 0.7 + sigma * eps)), axis=1) / np.sin(w * alpha * 0.7)
+        np.testing.assert_allclose(factor, mc, atol=0.02)
+        rows = np.concatenate([np.ones(2), np.tile(factor, 2), np.tile(factor, 2)])  # [x, sin (d, L), cos (d, L)]
+        scaled = jax.tree.map(lambda p: p, params)
+        scaled["params"]["Dense_0"]["kernel"] = params["params"]["Dense_0"]["kernel"] * rows[:, None]
+        np.testing.assert_allclose(damped.apply(params, x, jnp.full(4, t)), plain.apply(scaled, x, jnp.full(4, t)),
+                                   rtol=1e-5, atol=1e-6)
+    assert factor[-1] < 0.1 and factor[0] > 0.5  # at t = 0.3 the finest feature is gone, the coarsest is not
+    with pytest.raises(ValueError, match="x_damping needs the noise process"):
+        model_from_config({**cfg, "x_damping": True})
+
+
 def test_build_model():
     assert isinstance(build_model("mlp", width=8), ScoreMLP)
     with pytest.raises(ValueError, match="unknown model 'resnet'"):

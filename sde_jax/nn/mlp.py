@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,11 @@ class ScoreMLP(nn.Module):
     ``x_levels`` = L > 0 feeds h_0 the positional encoding of x as well (NeRF's gamma, Mildenhall et al. 2020):
     sin(2^k pi x / x_scale), cos(2^k pi x / x_scale) for k < L, which lets a small MLP draw sharp edges (VDM's
     Fourier features of z serve the same purpose for images).
+
+    ``x_damping`` multiplies each feature by exp(-w^2 sigma_t^2 / 2), sigma_t the std of p_0t from ``sde``
+    (``sde.alpha_sigma``): for x_t = alpha_t x_0 + sigma_t eps, E_eps[sin(w x_t)] = exp(-w^2 sigma_t^2 / 2) sin(w alpha_t x_0),
+    so a feature keeps the size of the part that still carries x_0 and fades where it is noise (the image U-Net's
+    ``fourier_damping``). Build it with ``model_from_config(config.model, sde)``.
     """
 
     width: int = 256
@@ -29,6 +36,8 @@ class ScoreMLP(nn.Module):
     fourier_scale: float = 16.0
     x_levels: int = 0
     x_scale: float = 4.0
+    x_damping: bool = False
+    sde: Any = None  # the noise process whose sigma_t damps the positional encoding (x_damping only)
 
     @nn.compact
     def __call__(self, x: Array, t: Array) -> Array:
@@ -37,8 +46,10 @@ class ScoreMLP(nn.Module):
         temb = nn.silu(TimeEmbedding(self.embed_dim, self.embed, self.fourier_scale)(t))
         if self.x_levels:
             freqs = jnp.pi * 2.0 ** jnp.arange(self.x_levels) / self.x_scale
-            ang = (x[:, :, None] * freqs).reshape(shape[0], -1)
-            x_in = jnp.concatenate([x, jnp.sin(ang), jnp.cos(ang)], axis=-1)
+            ang = x[:, :, None] * freqs
+            damp = jnp.ones(()) if not self.x_damping else self._damping(freqs, t)
+            x_in = jnp.concatenate([x, (jnp.sin(ang) * damp).reshape(shape[0], -1),
+                                    (jnp.cos(ang) * damp).reshape(shape[0], -1)], axis=-1)
         else:
             x_in = x
         h = nn.Dense(self.width)(x_in)
@@ -48,3 +59,11 @@ class ScoreMLP(nn.Module):
             h = h + nn.Dense(self.width)(nn.silu(r))
         out = nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(nn.LayerNorm()(h)))
         return out.reshape(shape)
+
+    def _damping(self, freqs: Array, t: Array) -> Array:
+        """exp(-w^2 sigma_t^2 / 2), shaped (B, 1, L) against the features (B, d, L)."""
+        if self.sde is None:
+            raise ValueError("x_damping needs the noise process: build the network with "
+                             "model_from_config(config.model, sde) (or ScoreMLP(..., sde=sde)).")
+        sigma = jnp.broadcast_to(self.sde.alpha_sigma(jnp.asarray(t, jnp.float32))[1], (t.shape[0],))
+        return jnp.exp(-0.5 * (freqs[None, None, :] * sigma[:, None, None]) ** 2)

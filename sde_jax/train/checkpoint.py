@@ -184,8 +184,8 @@ def restore(workdir: str, ema: bool = True) -> Restored:
     A folder written by :func:`export_weights` (``config.json`` and one ``ema_weights.msgpack``, no
     ``checkpoints/``) restores the same way: that is how committed pretrained weights are read."""
     cfg = ml_collections.ConfigDict(load_config(workdir))
-    model = model_from_config(cfg.model)
     sde = sde_from_config(cfg.sde)
+    model = model_from_config(cfg.model, sde)
     example = jnp.zeros((1, *cfg.data.shape), jnp.float32)
     optimizer = optimizer_from_config(cfg.train)
     target = jax.eval_shape(lambda: init_train_state(init_params(model, jax.random.key(0), example, sde),

@@ -271,8 +271,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, batch_fn: BatchFn, e
     lead = parallel.is_lead_process()
     prepare_workdir(workdir)
 
-    model = model_from_config(config.model)
     sde = sde_from_config(config.sde)
+    model = model_from_config(config.model, sde)
     loss_fn = custom_loss or loss_from_config(config.loss, model.apply, sde, config.model)
     optimizer = optimizer_from_config(tc)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
