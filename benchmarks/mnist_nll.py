@@ -338,7 +338,9 @@ def model_rows(args: argparse.Namespace, test: np.ndarray) -> tuple[list[dict], 
                      "details": {**ode_settings, "t_split": t_split, "gamma_split": gamma_split,
                                  "dequantization": "q(z_s | x) = N(alpha_s x, sigma_s^2) (the forward kernel)",
                                  "ode": float(res["ode"].mean()), "diffusion_below": float(res["diffusion"].mean()),
-                                 "reconstruction": float(res["reconstruction"].mean())}})
+                                 "reconstruction": float(res["reconstruction"].mean()),
+                                 "elbo_same_images": summary(elbo["bpd"][:n_ode]),
+                                 "minus_elbo_paired": summary(res["bpd"] - elbo["bpd"][:n_ode])}})
     return rows, info
 
 

@@ -55,8 +55,8 @@ Writes ``metrics.jsonl``, ``checkpoints/<step>/`` (PD: per round), a one-step gr
 checkpoint (PD: the round's student at its step count), and at the end ``samples.png`` (one row per class; CD/CT:
 ``sample.per_class`` samples at 1 step, then as many at 2 steps, re-noised at the noise level s = sigma / alpha =
 ``sample.mid_level``; PD: the student of every round at its step count, from most steps to fewest) and
-``eval.json``: per sampler (the students and, with ``eval.teacher_baseline``, the guided teacher with DDIM at the
-students' final step counts) the classifier's accuracy on ``eval.n_samples`` class-conditional samples (balanced
+``eval.json``: per sampler (the students and the guided teacher with DDIM at each of ``eval.teacher_steps``, the
+baseline at the students' step counts and at the 50 steps it is usually sampled with) the classifier's accuracy on ``eval.n_samples`` class-conditional samples (balanced
 labels, +- binomial standard error) and the classifier-feature FD to as many test images beside the test-vs-test floor
 (``eval.classifier_dir``; the measures of ``benchmarks/mnist_sampling.py``), with the training's steps (in all, and
 run by this invocation), the wall time of this invocation's training (compilation included) and the median step
@@ -126,7 +126,7 @@ def get_config() -> ConfigDict:
     # 2-step consistency sampling re-noises at s = sigma / alpha = mid_level (Song et al. 2023: 0.821 on CIFAR-10)
     c.sample.update(per_class=8, mid_level=0.8)
     c.eval = ConfigDict({"classifier_dir": "experiments/checkpoints/mnist_classifier", "n_samples": 1000,
-                         "batch_size": 250, "teacher_baseline": True})
+                         "batch_size": 250, "teacher_steps": (1, 2, 4, 50)})
     return c
 
 
@@ -352,6 +352,13 @@ def ddim_sampler(label: str, apply: Callable, sde: Any, params: Any, parameteriz
     return Sampler(label, steps, steps * (1 if null is None or w == 0 else 2), draw)
 
 
+def teacher_samplers(config: ConfigDict, apply: Callable, sde: Any, params: Any) -> list[Sampler]:
+    """The guided teacher with DDIM at each of ``eval.teacher_steps`` steps: the students' baseline."""
+    return [ddim_sampler(f"teacher, guided DDIM {n} step(s)", apply, sde, params, config.teacher.parameterization,
+                         tuple(config.data.shape), int(n), config.teacher.null_label, config.guidance_w)
+            for n in config.eval.teacher_steps]
+
+
 def draw_all(sampler: Sampler, labels: np.ndarray, seed: int, batch: int) -> np.ndarray:
     """Samples (model scale) for ``labels`` in batches of ``batch`` (the last one padded: one compilation)."""
     out = []
@@ -449,10 +456,8 @@ def run_consistency(config: ConfigDict, workdir: str, teacher: Restored | None, 
     if result.interrupted:
         return None
     samplers = consistency_samplers(config, model.apply, sde, result.state.ema_params)
-    if teacher is not None and config.eval.teacher_baseline:
-        samplers += [ddim_sampler(f"teacher, guided DDIM {n} step(s)", model.apply, sde, teacher.params,
-                                  config.teacher.parameterization, tuple(config.data.shape), n,
-                                  config.teacher.null_label, config.guidance_w) for n in (1, 2)]
+    if teacher is not None:
+        samplers += teacher_samplers(config, model.apply, sde, teacher.params)
     return Trained(samplers, int(result.state.step), result.steps_run, result.seconds, [workdir])
 
 
@@ -507,10 +512,7 @@ def run_pd(config: ConfigDict, workdir: str, teacher: Restored, batches: ImageBa
         t_param = config.loss.parameterization
         samplers.append(ddim_sampler(f"pd round {k}, DDIM {steps} step(s)", model.apply, sde, params, t_param,
                                      shape, steps))
-    if config.eval.teacher_baseline:
-        samplers += [ddim_sampler(f"teacher, guided DDIM {n} step(s)", model.apply, sde, teacher.params,
-                                  config.teacher.parameterization, shape, n, config.teacher.null_label,
-                                  config.guidance_w) for n in (pd.final_steps,)]
+    samplers += teacher_samplers(config, model.apply, sde, teacher.params)
     return Trained(samplers, check_rounds(pd) * pd.steps_per_round, steps_run, seconds, round_dirs)
 
 

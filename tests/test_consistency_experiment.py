@@ -115,7 +115,7 @@ def is_png(path: str) -> bool:
 def test_cd_dies_after_two_steps_resumes_from_two_and_evaluates(teacher_dir, tmp_path, monkeypatch, capsys):
     workdir = str(tmp_path / "cd")
     config = tiny("cd", teacher_dir, steps=4)
-    config.eval.update(classifier_dir=CLASSIFIER, teacher_baseline=False)  # the teacher's rows: in the PD test
+    config.eval.update(classifier_dir=CLASSIFIER, teacher_steps=())  # the teacher's rows: in the PD test
     with monkeypatch.context() as m:
         die_at(m, 3)
         with pytest.raises(Died):
@@ -150,6 +150,7 @@ def test_pd_dies_in_round_one_and_resumes_in_that_round(teacher_dir, tmp_path, m
     workdir = str(tmp_path / "pd")
     config = tiny("pd", teacher_dir)
     config.pd.update(teacher_steps=4, final_steps=1, steps_per_round=4)  # rounds 4 -> 2 -> 1
+    config.eval.teacher_steps = (1,)
     with monkeypatch.context() as m:
         die_at(m, 3, occurrence=2)  # round 0 runs its 4 steps; round 1 dies after 3
         with pytest.raises(Died):
