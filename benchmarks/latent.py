@@ -84,18 +84,10 @@ def train_time(metrics: list[dict], eval_record: dict | None) -> tuple[float | N
     """(seconds, source) of a run's training: the sum of its logging intervals (interval steps / steps_per_sec)
     from its metrics log, which covers every session of a resumed run; else ``eval.json``'s ``train_seconds`` (the
     last session's loop); (None, None) if neither has it."""
-    total, last, seen = 0.0, 0, False
-    for m in metrics:
-        sps = m.get("steps_per_sec")
-        try:
-            sps = float(sps)
-        except (TypeError, ValueError):
-            continue
-        if not (math.isfinite(sps) and sps > 0):
-            continue
-        total += (m["step"] - last) / sps
-        last, seen = m["step"], True
-    if seen:
+    from sde_jax.train.metrics import logged_train_seconds
+
+    total = logged_train_seconds(metrics)
+    if total is not None:
         return total, "metrics.jsonl"
     if eval_record and eval_record.get("train_seconds") is not None:
         return float(eval_record["train_seconds"]), "eval.json"

@@ -24,19 +24,12 @@ import sde_jax as sj
 from benchmarks.common import add_solve_args, run_benchmark, device_info, fmt, load_note
 from sde_jax.data import ENTROPY, TOY_SETS, sample_toy
 from sde_jax.train.checkpoint import restore
-from sde_jax.train.metrics import read_metrics
+from sde_jax.train.metrics import logged_train_seconds, read_metrics
 
 
 def train_seconds(workdir: str) -> float | None:
-    """Wall seconds of the training steps of ``workdir``, from its metrics log (sum of interval / steps_per_sec)."""
-    rows = [m for m in read_metrics(workdir) if m.get("steps_per_sec")]
-    if not rows:
-        return None
-    total, last = 0.0, 0
-    for m in rows:
-        total += (m["step"] - last) / float(m["steps_per_sec"])
-        last = m["step"]
-    return total
+    """Wall seconds of the training steps of ``workdir``, from its metrics log (``logged_train_seconds``)."""
+    return logged_train_seconds(read_metrics(workdir))
 
 
 def integer_images(args: argparse.Namespace) -> np.ndarray:

@@ -95,7 +95,7 @@ from sde_jax.sampling import ddim_step, heun_step
 from sde_jax.train import Restored, restore, train
 from sde_jax.train.checkpoint import Checkpointer, config_differences, load_config, save_config
 from sde_jax.train.loop import prepare_workdir
-from sde_jax.train.metrics import read_metrics
+from sde_jax.train.metrics import logged_train_seconds, read_metrics
 
 METHODS = ("cd", "ct", "pd")
 TEACHER_STEPS = {"heun": heun_step, "ddim": ddim_step}
@@ -123,8 +123,9 @@ def get_config() -> ConfigDict:
     c.pd = ConfigDict({"teacher_steps": 64, "final_steps": 4, "steps_per_round": 500})
     c.train.update(steps=0, batch_size=32, lr=0.0, warmup=100, decay_steps=0, ema_decay=0.995, log_every=50,
                    checkpoint_every=500)
-    # 2-step consistency sampling re-noises at s = sigma / alpha = mid_level (Song et al. 2023: 0.821 on CIFAR-10)
-    c.sample.update(per_class=8, mid_level=0.8)
+    # 2-step consistency sampling re-noises at s = sigma / alpha = mid_level (Song et al. 2023: 0.821 on CIFAR-10; on
+    # MNIST the CD student's FD is 1.01 at 0.1-0.2 against 1.89 at 0.8: benchmarks/results/distill_mnist.json)
+    c.sample.update(per_class=8, mid_level=0.2)
     c.eval = ConfigDict({"classifier_dir": "experiments/checkpoints/mnist_classifier", "n_samples": 1000,
                          "batch_size": 250, "teacher_steps": (1, 2, 4, 50)})
     return c
@@ -425,6 +426,13 @@ def logged_rate(workdirs: list[str]) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
+def logged_seconds(workdirs: list[str]) -> float | None:
+    """The training's wall time over every session (and PD round), from the metrics logs (``train_seconds`` is only
+    this invocation's, 0 when it just evaluates a finished run)."""
+    parts = [logged_train_seconds(read_metrics(d)) for d in workdirs]
+    return None if None in parts else float(sum(parts))
+
+
 def _batches(config: ConfigDict) -> ImageBatches:
     images, labels = load_images(config.data.name, "train", config.data.dir or None, config.data.shape)
     if config.data.limit:
@@ -532,6 +540,7 @@ def main(config: ConfigDict, workdir: str, progress: bool = True) -> None:
     report = {"method": config.method, "data": config.data.name, "teacher_dir": config.teacher_dir,
               "teacher": config.get("teacher", ConfigDict()).to_dict(), "guidance_w": config.guidance_w,
               "train_steps": trained.steps, "train_steps_run": trained.steps_run, "train_seconds": trained.seconds,
+              "train_seconds_logged": logged_seconds(trained.workdirs),
               "steps_per_sec": logged_rate(trained.workdirs),
               "batch_size": config.train.batch_size, "rows": evaluate(config, trained.samplers)}
     with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -92,3 +92,20 @@ def read_metrics(workdir: str) -> list[dict]:
     """All records of ``<workdir>/metrics.jsonl``."""
     with open(os.path.join(workdir, METRICS_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def logged_train_seconds(metrics: list[dict]) -> float | None:
+    """Wall seconds of a run's training from its metrics log: sum over logging intervals of (steps in the interval) /
+    steps_per_sec, which covers every session of a resumed run (and not its evaluations); None if no row has a
+    finite positive rate."""
+    total, last, seen = 0.0, 0, False
+    for m in metrics:
+        try:
+            sps = float(m.get("steps_per_sec"))
+        except (TypeError, ValueError):
+            continue
+        if not (math.isfinite(sps) and sps > 0):
+            continue
+        total += (m["step"] - last) / sps
+        last, seen = m["step"], True
+    return total if seen else None
