@@ -40,7 +40,8 @@ def read_eval(workdir: str) -> dict:
 def run_rows(workdir: str) -> list[dict]:
     """The rows of an experiments.consistency run's eval.json, with its training cost."""
     e = read_eval(workdir)
-    cost = {k: e.get(k) for k in ("method", "train_steps", "train_seconds", "steps_per_sec", "batch_size")}
+    cost = {k: e.get(k) for k in ("method", "train_steps", "train_seconds", "train_seconds_logged", "steps_per_sec",
+                                  "batch_size")}
     return [{**r, **cost, "workdir": workdir, "source": "eval.json"} for r in e["rows"]]
 
 
@@ -100,7 +101,8 @@ def _cost(r: dict) -> str:
     if r.get("train_steps") is None or r["sampler"].startswith("teacher"):
         return "-"
     rate = f", {r['steps_per_sec']:.1f} steps/s" if r.get("steps_per_sec") else ""
-    return f"{r['train_steps']} steps{rate}"
+    wall = f", {r['train_seconds_logged'] / 60:.0f} min" if r.get("train_seconds_logged") else ""
+    return f"{r['train_steps']} steps{rate}{wall}"
 
 
 def render(records: list[tuple[str, dict]]) -> str:
