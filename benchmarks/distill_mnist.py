@@ -70,8 +70,7 @@ def extra_samplers(config, restored, mid_levels: list[float]) -> list:
 def target(rows: list[dict]) -> dict | None:
     """The 2-step CD student (the run's own row) against the teacher's 50-step DDIM."""
     cd = next((r for r in rows if r["sampler"].startswith("cd, 2 steps (") and r.get("accuracy") is not None), None)
-    ref = next((r for r in rows if r["sampler"] == "teacher, guided DDIM 50 step(s)" and r.get("method") == "cd"),
-               None) or next((r for r in rows if r["sampler"] == "teacher, guided DDIM 50 step(s)"), None)
+    ref = next((r for r in rows if r["sampler"] == "teacher, guided DDIM 50 step(s)"), None)
     if cd is None or ref is None:
         return None
     return {"student": cd["sampler"], "accuracy_drop_points": 100 * (ref["accuracy"] - cd["accuracy"]),

@@ -47,9 +47,10 @@ class ScoreMLP(nn.Module):
         if self.x_levels:
             freqs = jnp.pi * 2.0 ** jnp.arange(self.x_levels) / self.x_scale
             ang = x[:, :, None] * freqs
-            damp = jnp.ones(()) if not self.x_damping else self._damping(freqs, t)
-            x_in = jnp.concatenate([x, (jnp.sin(ang) * damp).reshape(shape[0], -1),
-                                    (jnp.cos(ang) * damp).reshape(shape[0], -1)], axis=-1)
+            feats = jnp.concatenate([jnp.sin(ang), jnp.cos(ang)], axis=1)  # (B, 2d, L): sin rows, then cos
+            if self.x_damping:
+                feats = feats * self._damping(freqs, t)
+            x_in = jnp.concatenate([x, feats.reshape(shape[0], -1)], axis=-1)
         else:
             x_in = x
         h = nn.Dense(self.width)(x_in)
@@ -61,7 +62,7 @@ class ScoreMLP(nn.Module):
         return out.reshape(shape)
 
     def _damping(self, freqs: Array, t: Array) -> Array:
-        """exp(-w^2 sigma_t^2 / 2), shaped (B, 1, L) against the features (B, d, L)."""
+        """exp(-w^2 sigma_t^2 / 2), shaped (B, 1, L) against the features (B, 2d, L)."""
         if self.sde is None:
             raise ValueError("x_damping needs the noise process: build the network with "
                              "model_from_config(config.model, sde) (or ScoreMLP(..., sde=sde)).")
